@@ -1,0 +1,1 @@
+"""Authentication (verified tokens), authorization (per-channel policy) and origin checks."""

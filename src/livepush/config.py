@@ -1,0 +1,159 @@
+"""One typed configuration. Precedence: command-line options, then `LIVEPUSH_<NAME>`
+environment variables, then the TOML file given with `--config`, then the defaults, which work
+for a single node out of the box.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+
+def _opt(default: Any, help: str, **kwargs: Any) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **kwargs})
+    return field(default=default, metadata={"help": help, **kwargs})
+
+
+@dataclass(slots=True)
+class Config:
+    """Every setting of a livepush node."""
+
+    host: str = _opt("127.0.0.1", "address to listen on")
+    port: int = _opt(5680, "port to listen on")
+    engine: str = _opt("memory", "engine: memory (embedded, single node)")
+    rest_prefix: str = _opt("/rest", "path prefix of the push endpoint (n8n: N8N_ENDPOINT_REST)")
+    log_level: str = _opt("info", "debug, info, warning or error")
+
+    jwt_secret: str | None = _opt(None, "HS256/384/512 secret for connection tokens", secret=True)
+    jwt_public_key: str | None = _opt(None, "path to a PEM public key (RS*/PS*/ES*/EdDSA)")
+    jwt_jwks: str | None = _opt(None, "path to a JWKS file")
+    jwt_audience: str | None = _opt(None, "required `aud` claim, if set")
+    jwt_issuer: str | None = _opt(None, "required `iss` claim, if set")
+    jwt_leeway: float = _opt(10.0, "seconds of clock skew tolerated on exp/nbf/iat")
+    jwt_user_claim: str = _opt("sub", "claim holding the user id")
+    auth_cookie: str = _opt("n8n-auth", "cookie that may carry the token")
+    api_key: str | None = _opt(None, "bearer key of the publish API", secret=True)
+    auth_callback_url: str | None = _opt(
+        None, "host application URL asked whether a user may subscribe to a channel"
+    )
+    auth_callback_cache_ttl: float = _opt(30.0, "seconds an authorization answer is cached")
+    auth_callback_timeout: float = _opt(5.0, "seconds before the authorization callback fails")
+
+    allowed_origins: list[str] = _opt(  # noqa: RUF009 - returns a field(default_factory)
+        [], "origins allowed besides the server's own host (comma separated; * for any)"
+    )
+    trust_proxy: bool = _opt(False, "take the host from Forwarded / X-Forwarded-Host")
+
+    ping_interval: float = _opt(25.0, "seconds between WebSocket pings (pong due in half)")
+    sse_ping_interval: float = _opt(25.0, "seconds between SSE comment pings")
+    sse_retry_ms: int = _opt(2000, "reconnect delay suggested to EventSource clients")
+    token_expiry_warning: float = _opt(30.0, "seconds before expiry a tokenExpiring is sent")
+
+    history_size: int = _opt(1000, "publications kept per channel for recovery")
+    history_ttl: float = _opt(300.0, "seconds publications are kept for recovery")
+    recovery_limit: int = _opt(1000, "most publications one subscribe may recover")
+    push_ref_ttl: float = _opt(300.0, "seconds a pushRef stays reserved for its user after close")
+
+    max_queue_messages: int = _opt(1000, "outbound queue bound per connection, in messages")
+    max_queue_bytes: int = _opt(4 * 1024 * 1024, "outbound queue bound per connection, in bytes")
+    max_message_bytes: int = _opt(65536, "largest inbound client message")
+    max_publish_bytes: int = _opt(16 * 1024 * 1024, "largest publish API request body")
+    max_subscriptions: int = _opt(128, "channels one connection may subscribe to")
+    max_connections_per_user: int = _opt(100, "connections one user may hold on a node")
+    rate_limit: float = _opt(50.0, "client messages per second per connection")
+    rate_burst: float = _opt(100.0, "client message burst per connection")
+
+    shutdown_timeout: float = _opt(30.0, "seconds to drain connections on SIGTERM")
+
+    def validate(self) -> None:
+        """Refuse contradictory settings with a message naming the setting."""
+        if self.engine != "memory":
+            raise ValueError(f"unknown engine {self.engine!r}: this build supports 'memory'")
+        if not self.rest_prefix.startswith("/"):
+            raise ValueError("rest_prefix must start with '/'")
+        self.rest_prefix = self.rest_prefix.rstrip("/")
+        for name in ("ping_interval", "sse_ping_interval", "history_ttl", "rate_limit"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        for name in ("max_queue_messages", "max_queue_bytes", "max_message_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+
+    @property
+    def has_token_key(self) -> bool:
+        """Whether any token verification key is configured."""
+        return bool(self.jwt_secret or self.jwt_public_key or self.jwt_jwks)
+
+
+def fields() -> list[dataclasses.Field[Any]]:
+    """The settings, in declaration order."""
+    return list(dataclasses.fields(Config))
+
+
+def field_type(name: str) -> type:
+    """The plain type of a setting (Optional unwrapped)."""
+    hint = get_type_hints(Config)[name]
+    if get_origin(hint) in (Union, types.UnionType):
+        hint = next(a for a in get_args(hint) if a is not type(None))
+    return get_origin(hint) or hint  # type: ignore[no-any-return]
+
+
+def coerce(name: str, value: Any) -> Any:
+    """Convert a string (environment, command line) or TOML value to the setting's type."""
+    kind = field_type(name)
+    if value is None:
+        return None
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"{name}: expected true or false, got {value!r}")
+    if kind is list:
+        if isinstance(value, list):
+            return [str(v) for v in value]
+        return [v.strip().rstrip("/") for v in str(value).split(",") if v.strip()]
+    try:
+        return kind(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name}: expected {kind.__name__}, got {value!r}") from exc
+
+
+def load_config(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    config_file: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Build the configuration from defaults, a TOML file, the environment and overrides."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    names = {f.name for f in fields()}
+    if config_file:
+        data = tomllib.loads(Path(config_file).read_text())
+        section = data.get("livepush", data)
+        for key, value in section.items():
+            name = key.replace("-", "_")
+            if name not in names:
+                raise ValueError(f"{config_file}: unknown setting {key!r}")
+            values[name] = coerce(name, value)
+    for name in names:
+        env = environ.get(f"LIVEPUSH_{name.upper()}")
+        if env is not None:
+            values[name] = coerce(name, env)
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            values[name] = coerce(name, value)
+    config = Config(**values)
+    config.validate()
+    return config

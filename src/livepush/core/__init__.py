@@ -1,0 +1,1 @@
+"""Channels, sessions (per-connection queues), the hub (local routing) and the node."""

@@ -1,0 +1,536 @@
+"""The node: one livepush server process. It publishes (validate, encode once, broker), routes
+what the broker delivers to local sessions, and runs the client commands of every connection.
+
+One message, publisher to browser: `Node.publish` -> `Broker.publish` (offset, history) ->
+`Node._on_publication` -> `Hub.fan_out` -> `Session.deliver` -> transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from livepush.auth.policy import AuthorizationPolicy, ClaimsPolicy
+from livepush.auth.tokens import Identity, TokenVerifier
+from livepush.core.hub import Hub
+from livepush.core.ratelimit import RateDecision
+from livepush.core.session import FrameWriter, Session, SessionLimits
+from livepush.engines.base import Engine
+from livepush.metrics import Metrics
+from livepush.protocol import PROTOCOL_VERSION
+from livepush.protocol.catalogue import metric_label
+from livepush.protocol.channels import (
+    SYSTEM,
+    is_valid_user_id,
+    parse_channel,
+    push_channel,
+    user_channel,
+)
+from livepush.protocol.commands import (
+    Command,
+    CommandError,
+    Heartbeat,
+    Ping,
+    Refresh,
+    Since,
+    Subscribe,
+    Unsubscribe,
+    WorkflowClosed,
+    WorkflowOpened,
+    decode_command,
+)
+from livepush.protocol.envelope import (
+    Priority,
+    Publication,
+    StreamPosition,
+    compact_raw_object,
+    control_message,
+    encode_data,
+    error_message,
+    validate_type,
+)
+from livepush.protocol.errors import CloseCode, ErrorCode, ProtocolError
+
+log = logging.getLogger(__name__)
+
+Reply = Callable[[bytes], None]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSettings:
+    """The node's behaviour settings (a subset of `Config`)."""
+
+    recovery_limit: int = 1000
+    push_ref_ttl: float = 300.0
+    max_connections_per_user: int = 100
+    max_publish_bytes: int = 16 * 1024 * 1024
+    token_expiry_warning: float = 30.0
+    ping_interval: float = 25.0
+
+
+@dataclass(slots=True)
+class _Joined:
+    channel: str
+    position: StreamPosition
+    missed: list[Publication]
+    recovered: bool | None
+    after_offset: int
+
+    def describe(self) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "channel": self.channel,
+            "epoch": self.position.epoch,
+            "offset": self.position.offset,
+        }
+        if self.recovered is not None:
+            info["recovered"] = self.recovered
+            info["missed"] = len(self.missed)
+        return info
+
+
+class Node:
+    """A livepush server process: publishing, routing and client commands."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        verifier: TokenVerifier,
+        *,
+        policy: AuthorizationPolicy | None = None,
+        settings: NodeSettings | None = None,
+        limits: SessionLimits | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.broker = engine.broker
+        self.presence = engine.presence
+        self.verifier = verifier
+        self.policy: AuthorizationPolicy = policy or ClaimsPolicy()
+        self.settings = settings or NodeSettings()
+        self.limits = limits or SessionLimits()
+        self.metrics = metrics or Metrics()
+        self.hub = Hub()
+        self.draining = False
+        self._drained = asyncio.Event()
+        self.broker.set_handler(self._on_publication)
+
+    async def start(self) -> None:
+        """Start the engine."""
+        await self.broker.start()
+        await self.presence.start()
+
+    async def close(self) -> None:
+        """Stop the engine and the policy's resources."""
+        await self.policy.close()
+        await self.presence.close()
+        await self.broker.close()
+
+    @property
+    def ready(self) -> bool:
+        """Whether this node should receive new connections."""
+        return not self.draining and self.broker.ready
+
+    # -- publishing --------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        channel: str,
+        message_type: str,
+        data: dict[str, Any] | bytes,
+        *,
+        priority: Priority = Priority.RELIABLE,
+        key: str | None = None,
+    ) -> Publication:
+        """Publish one message to one channel; returns it placed at its stream position.
+
+        `data` is a dict, or the JSON bytes of an object (as received by the HTTP API, so they
+        are never decoded and re-encoded).
+        """
+        parse_channel(channel)
+        validate_type(message_type)
+        encoded = compact_raw_object(data) if isinstance(data, bytes) else encode_data(data)
+        if len(encoded) > self.settings.max_publish_bytes:
+            raise ProtocolError(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"data is {len(encoded)} bytes; the limit is {self.settings.max_publish_bytes}",
+            )
+        if key is not None and (not isinstance(key, str) or len(key) > 256):
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE, "key must be a string of <= 256 chars")
+        placed = await self.broker.publish(
+            Publication(channel, message_type, encoded, priority=priority, key=key)
+        )
+        self.metrics.publications.labels(metric_label(message_type)).inc()
+        return placed
+
+    async def publish_to_push_ref(
+        self, push_ref: str, message_type: str, data: dict[str, Any] | bytes
+    ) -> Publication:
+        """Publish to one tab (its `push:<pushRef>` channel), as n8n's `sendToOne`."""
+        return await self.publish(push_channel(push_ref), message_type, data)
+
+    async def publish_to_users(
+        self, user_ids: Iterable[str], message_type: str, data: dict[str, Any] | bytes
+    ) -> list[Publication]:
+        """Publish to every tab of each user (their `user:<id>` channels), as `sendToUsers`."""
+        return [
+            await self.publish(user_channel(user_id), message_type, data) for user_id in user_ids
+        ]
+
+    async def broadcast(self, message_type: str, data: dict[str, Any] | bytes) -> Publication:
+        """Publish to every connection (the `system` channel)."""
+        return await self.publish(SYSTEM, message_type, data)
+
+    def _on_publication(self, publication: Publication) -> None:
+        recipients = self.hub.fan_out(publication)
+        self.metrics.fanned_out(publication, recipients)
+
+    # -- connections -------------------------------------------------------------------------
+
+    async def admit(self, push_ref: str, identity: Identity) -> None:
+        """Checks made before a connection is accepted (before the WebSocket upgrade)."""
+        if self.draining:
+            raise ProtocolError(ErrorCode.SHUTTING_DOWN, "server is shutting down; reconnect")
+        existing = self.hub.session(push_ref)
+        replacing = existing is not None and existing.user_id == identity.user_id
+        limit = self.settings.max_connections_per_user
+        if not replacing and self.hub.user_session_count(identity.user_id) >= limit:
+            raise ProtocolError(
+                ErrorCode.TOO_MANY_CONNECTIONS,
+                f"user {identity.user_id!r} already has {limit} connections on this server",
+            )
+        # The pushRef stays bound to its user for a while after disconnecting, so nobody else
+        # can take it over and read the tab's recent history.
+        if not await self.presence.claim(
+            f"pushref:{push_ref}", identity.user_id, self.settings.push_ref_ttl
+        ):
+            raise ProtocolError(
+                ErrorCode.PUSH_REF_IN_USE, "this pushRef belongs to another user; pick a new one"
+            )
+
+    async def open_session(
+        self,
+        push_ref: str,
+        identity: Identity,
+        writer: FrameWriter,
+        *,
+        channels: Iterable[str] = (),
+        resume: dict[str, StreamPosition] | None = None,
+    ) -> Session:
+        """Register a connection: replace an older one with its pushRef, join its own channels
+        and the requested ones (recovering from `resume` positions), and greet it."""
+        session = Session(push_ref, identity, writer, self.limits, self.metrics)
+        previous = self.hub.add(session)
+        if previous is not None:
+            await self._forget(previous)
+            previous.close(
+                CloseCode.REPLACED, "replaced by a newer connection with the same pushRef"
+            )
+        self.metrics.connections.labels(writer.transport).inc()
+        self.metrics.connections_total.labels(writer.transport).inc()
+        self._schedule_expiry(session)
+        resume = resume or {}
+        wanted = [push_channel(push_ref), user_channel(identity.user_id), SYSTEM]
+        wanted += [c for c in (*channels, *resume) if c not in wanted]
+        joined: list[_Joined] = []
+        refused: list[dict[str, Any]] = []
+        for channel in wanted:
+            try:
+                if len(session.channels) >= self.limits.max_subscriptions:
+                    raise ProtocolError(
+                        ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                        f"at most {self.limits.max_subscriptions} subscriptions per connection",
+                    )
+                await self._authorize(session, channel)
+                since = resume.get(channel)
+                joined.append(await self._join(session, channel, since))
+            except ProtocolError as exc:
+                refused.append({"channel": channel, "code": exc.code.value, "message": exc.message})
+        greeting: dict[str, Any] = {
+            "protocol": PROTOCOL_VERSION,
+            "pushRef": push_ref,
+            "userId": identity.user_id,
+            "pingInterval": self.settings.ping_interval,
+            "expiresAt": identity.expires_at,
+            "channels": [j.describe() for j in joined],
+        }
+        if refused:
+            greeting["refused"] = refused
+        session.send_control(control_message("connected", greeting))
+        for j in joined:
+            self._release(session, j)
+        return session
+
+    async def close_session(self, session: Session) -> None:
+        """Unregister a connection whose transport has ended."""
+        if session.expiry_handle is not None:
+            session.expiry_handle.cancel()
+            session.expiry_handle = None
+        if not session.closed:
+            session.closed = True
+        reason = session.close_code.name.lower() if session.close_code else "client_closed"
+        self.metrics.disconnects.labels(reason).inc()
+        self.metrics.connections.labels(session.writer.transport).dec()
+        if self.hub.session(session.push_ref) is session:
+            await self._forget(session)
+            await self.presence.release(
+                f"pushref:{session.push_ref}", session.user_id, self.settings.push_ref_ttl
+            )
+        if self.draining and not len(self.hub):
+            self._drained.set()
+
+    async def _forget(self, session: Session) -> None:
+        subscriptions = len(session.channels)
+        for channel in self.hub.remove(session):
+            await self.broker.unsubscribe(channel)
+        self.metrics.subscriptions.dec(subscriptions)
+        self.metrics.channels.set(self.hub.channel_count)
+
+    def session(self, push_ref: str) -> Session | None:
+        """The local session of a pushRef."""
+        return self.hub.session(push_ref)
+
+    # -- subscriptions -----------------------------------------------------------------------
+
+    async def _authorize(self, session: Session, channel: str) -> None:
+        kind, ident = parse_channel(channel)
+        identity = session.identity
+        if kind == "push":
+            allowed = ident == session.push_ref
+        elif kind == "user":
+            allowed = ident == identity.user_id or identity.grants.admin
+        else:
+            allowed = await self.policy.can_subscribe(identity, kind, ident)
+        if not allowed:
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"not allowed to subscribe to {channel!r}")
+
+    async def _join(self, session: Session, channel: str, since: StreamPosition | None) -> _Joined:
+        # Live publications are held from the moment the session is in the fan-out set until
+        # the missed ones are out, then de-duplicated by offset: no gap, no duplicate.
+        session.hold(channel)
+        if self.hub.subscribe(session, channel):
+            await self.broker.subscribe(channel)
+            self.metrics.channels.set(self.hub.channel_count)
+        self.metrics.subscriptions.inc()
+        if since is None:
+            position = await self.broker.position(channel)
+            return _Joined(channel, position, [], None, position.offset)
+        recovery = await self.broker.recover(channel, since, self.settings.recovery_limit)
+        self.metrics.recoveries.labels("recovered" if recovery.recovered else "failed").inc()
+        after = since.offset if recovery.recovered else recovery.position.offset
+        return _Joined(channel, recovery.position, recovery.publications, recovery.recovered, after)
+
+    def _release(self, session: Session, joined: _Joined) -> None:
+        start = StreamPosition(joined.position.epoch, joined.after_offset)
+        session.mark(joined.channel, start)
+        session.release(joined.channel, joined.missed, joined.after_offset)
+
+    async def subscribe(
+        self,
+        session: Session,
+        channel: str,
+        since: StreamPosition | None,
+        reply: Reply,
+        request_id: Any = None,
+    ) -> None:
+        """Subscribe a session to a channel, reply, then send what it missed."""
+        if channel in session.channels:
+            position = await self.broker.position(channel)
+            reply(
+                control_message(
+                    "reply",
+                    {
+                        "channel": channel,
+                        "epoch": position.epoch,
+                        "offset": position.offset,
+                        "alreadySubscribed": True,
+                    },
+                    request_id,
+                )
+            )
+            return
+        if len(session.channels) >= self.limits.max_subscriptions:
+            raise ProtocolError(
+                ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                f"at most {self.limits.max_subscriptions} subscriptions per connection",
+            )
+        await self._authorize(session, channel)
+        joined = await self._join(session, channel, since)
+        reply(control_message("reply", joined.describe(), request_id))
+        self._release(session, joined)
+
+    async def unsubscribe(self, session: Session, channel: str) -> bool:
+        """Remove a subscription; False when the session was not subscribed."""
+        parse_channel(channel)
+        if channel not in session.channels:
+            return False
+        if channel in (push_channel(session.push_ref),):
+            raise ProtocolError(ErrorCode.FORBIDDEN, "a connection cannot leave its own channel")
+        if self.hub.unsubscribe(session, channel):
+            await self.broker.unsubscribe(channel)
+            self.metrics.channels.set(self.hub.channel_count)
+        self.metrics.subscriptions.dec()
+        session.mark(channel, None)
+        return True
+
+    # -- tokens ------------------------------------------------------------------------------
+
+    def _schedule_expiry(self, session: Session) -> None:
+        if session.expiry_handle is not None:
+            session.expiry_handle.cancel()
+            session.expiry_handle = None
+        expires_at = session.identity.expires_at
+        if expires_at is None:
+            return
+        loop = asyncio.get_running_loop()
+        delay = expires_at - time.time()
+        warn_in = delay - self.settings.token_expiry_warning
+        if warn_in > 0:
+            session.expiry_handle = loop.call_later(warn_in, self._warn_expiry, session)
+        else:
+            session.expiry_handle = loop.call_later(max(delay, 0.0), self._expire, session)
+
+    def _warn_expiry(self, session: Session) -> None:
+        expires_at = session.identity.expires_at or time.time()
+        session.send_control(control_message("tokenExpiring", {"expiresAt": expires_at}))
+        session.expiry_handle = asyncio.get_running_loop().call_later(
+            max(expires_at - time.time(), 0.0), self._expire, session
+        )
+
+    def _expire(self, session: Session) -> None:
+        session.expiry_handle = None
+        expires_at = session.identity.expires_at
+        if expires_at is not None and expires_at <= time.time() + 0.01:
+            session.send_control(error_message(ErrorCode.TOKEN_EXPIRED, "token expired"))
+            session.close(CloseCode.TOKEN_EXPIRED, "token expired")
+        else:
+            self._schedule_expiry(session)
+
+    def refresh(self, session: Session, token: str) -> Identity:
+        """Swap a session's token for a fresh one of the same user."""
+        identity = self.verifier.verify(token)
+        if identity.user_id != session.user_id:
+            raise ProtocolError(
+                ErrorCode.TOKEN_USER_MISMATCH, "a refreshed token must belong to the same user"
+            )
+        session.identity = identity
+        self._schedule_expiry(session)
+        return identity
+
+    # -- client messages ---------------------------------------------------------------------
+
+    async def handle_message(
+        self, session: Session, raw: str | bytes, reply: Reply | None = None
+    ) -> None:
+        """One client message: rate limit, decode, execute. Replies go to `reply` (the SSE
+        POST response) or, by default, down the connection itself."""
+        reply = reply or session.send_control
+        self.metrics.bytes_in.inc(len(raw))
+        decision = session.rate.take()
+        if decision is RateDecision.ABUSIVE:
+            self._send_error(
+                reply,
+                ProtocolError(
+                    ErrorCode.RATE_LIMITED, "message rate far over the limit; disconnecting"
+                ),
+                None,
+            )
+            session.close(CloseCode.RATE_LIMITED, "message rate limit exceeded")
+            return
+        if decision is RateDecision.LIMITED:
+            self._send_error(
+                reply,
+                ProtocolError(
+                    ErrorCode.RATE_LIMITED,
+                    f"more than {session.rate.rate:g} messages per second; message dropped",
+                ),
+                None,
+            )
+            return
+        try:
+            command = decode_command(raw)
+        except CommandError as exc:
+            self._send_error(reply, exc, exc.request_id)
+            return
+        except ProtocolError as exc:
+            self._send_error(reply, exc, None)
+            return
+        await self.execute(session, command, reply)
+
+    async def execute(self, session: Session, command: Command, reply: Reply) -> None:
+        """Run one decoded command; its reply or error goes to `reply`."""
+        self.metrics.messages_in.labels(command.type).inc()
+        try:
+            await self._dispatch(session, command, reply)
+        except ProtocolError as exc:
+            self._send_error(reply, exc, command.id)
+        except Exception:
+            log.exception("command %s of %r failed", command.type, session)
+            self._send_error(
+                reply, ProtocolError(ErrorCode.INTERNAL_ERROR, "internal error"), command.id
+            )
+
+    async def _dispatch(self, session: Session, command: Command, reply: Reply) -> None:
+        rid = command.id
+        if isinstance(command, Heartbeat):
+            return
+        if isinstance(command, Ping):
+            reply(control_message("reply", {}, rid))
+        elif isinstance(command, Subscribe):
+            await self.subscribe(session, command.channel, _position(command.since), reply, rid)
+        elif isinstance(command, Unsubscribe):
+            if not await self.unsubscribe(session, command.channel):
+                raise ProtocolError(
+                    ErrorCode.NOT_SUBSCRIBED, f"not subscribed to {command.channel!r}"
+                )
+            reply(control_message("reply", {"channel": command.channel}, rid))
+        elif isinstance(command, Refresh):
+            identity = self.refresh(session, command.token)
+            reply(control_message("reply", {"expiresAt": identity.expires_at}, rid))
+        elif isinstance(command, WorkflowOpened):
+            channel = f"workflow:{command.workflowId}"
+            if channel not in session.channels:
+                await self.subscribe(
+                    session, channel, None, reply if rid is not None else _discard, rid
+                )
+        elif isinstance(command, WorkflowClosed):
+            await self.unsubscribe(session, f"workflow:{command.workflowId}")
+            if rid is not None:
+                reply(control_message("reply", {}, rid))
+        else:  # pragma: no cover - COMMANDS and this dispatch are kept in step
+            raise ProtocolError(ErrorCode.UNKNOWN_COMMAND, f"unhandled {command.type!r}")
+
+    def _send_error(self, reply: Reply, exc: ProtocolError, request_id: Any) -> None:
+        self.metrics.errors.labels(exc.code.value).inc()
+        reply(error_message(exc.code, exc.message, request_id))
+
+    # -- shutdown ----------------------------------------------------------------------------
+
+    async def drain(self, grace: float) -> None:
+        """Ask every client to reconnect elsewhere, flush their queues, wait up to `grace`."""
+        self.draining = True
+        self._drained.clear()
+        for session in self.hub.sessions():
+            session.close(CloseCode.SERVICE_RESTART, "server restarting; reconnect")
+        if len(self.hub):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await self._drained.wait()
+        for session in self.hub.sessions():
+            session.close(CloseCode.SERVICE_RESTART, "server restarting; reconnect", flush=False)
+
+
+def _position(since: Since | None) -> StreamPosition | None:
+    return None if since is None else StreamPosition(since.epoch, since.offset)
+
+
+def _discard(_: bytes) -> None:
+    """Reply sink for n8n messages, which expect no reply."""
+
+
+def user_ids_valid(user_ids: Iterable[object]) -> bool:
+    """Whether every entry can be a user id (publish API validation)."""
+    return all(is_valid_user_id(u) for u in user_ids)

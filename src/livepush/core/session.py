@@ -1,0 +1,344 @@
+"""A session is one connection's server-side state: who it is, what it is subscribed to, and
+its bounded outbound queue.
+
+Writing is direct while the socket keeps up: a publication goes from the hub straight into the
+transport's buffer with no queue, task or copy. Only when the transport pushes back (its buffer
+is over the high-water mark) do frames wait in the session's queue, drained by a task that
+exists only while there is a backlog. The queue is bounded in messages and bytes; ephemeral
+publications in it are coalesced by key and dropped first; when reliable messages alone exceed
+the bounds, the connection is closed as a slow consumer, and no other connection notices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from livepush.core.ratelimit import TokenBucket
+from livepush.protocol.envelope import Priority, Publication, StreamPosition
+from livepush.protocol.errors import CloseCode
+
+if TYPE_CHECKING:
+    from livepush.auth.tokens import Identity
+    from livepush.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class FrameWriter(Protocol):
+    """What a transport provides to a session."""
+
+    transport: str
+    #: True when the transport needs `encode_mark` calls (SSE event ids carry positions).
+    tracks_positions: bool
+
+    def encode(self, publication: Publication) -> bytes:
+        """Transport bytes for a publication (cached on the publication where shareable)."""
+        ...
+
+    def encode_control(self, payload: bytes) -> bytes:
+        """Transport bytes for a control message (reply, error...)."""
+        ...
+
+    def encode_mark(self, channel: str, position: StreamPosition | None) -> bytes:
+        """Transport bytes recording that the client now stands at `position` in `channel`."""
+        ...
+
+    @property
+    def paused(self) -> bool:
+        """True while the transport's buffer is over its high-water mark."""
+        ...
+
+    def write(self, data: bytes) -> bool:
+        """Hand bytes to the transport; False when the connection is already gone."""
+        ...
+
+    async def drain(self) -> None:
+        """Wait until the transport accepts more data (raises if the connection is lost)."""
+        ...
+
+    def close(self, code: CloseCode, reason: str) -> None:
+        """Close the connection (after everything written so far)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLimits:
+    """Bounds shared by all sessions of a node."""
+
+    max_queue_messages: int = 1000
+    max_queue_bytes: int = 4 * 1024 * 1024
+    max_subscriptions: int = 128
+    rate: float = 50.0
+    burst: float = 100.0
+
+
+class _Mark:
+    __slots__ = ("channel", "position")
+
+    def __init__(self, channel: str, position: StreamPosition | None) -> None:
+        self.channel = channel
+        self.position = position
+
+
+_Payload = Publication | bytes | _Mark
+
+
+class _Item:
+    __slots__ = ("key", "payload", "size")
+
+    def __init__(self, payload: _Payload, size: int, key: tuple[str, str] | None):
+        self.payload = payload
+        self.size = size
+        self.key = key
+
+
+class Session:
+    """One connection (a browser tab, identified by its pushRef)."""
+
+    __slots__ = (
+        "_closing",
+        "_flusher",
+        "_keyed",
+        "_queue",
+        "_queued_bytes",
+        "_recovering",
+        "channels",
+        "close_code",
+        "close_reason",
+        "closed",
+        "connected_at",
+        "expiry_handle",
+        "identity",
+        "limits",
+        "metrics",
+        "push_ref",
+        "rate",
+        "writer",
+    )
+
+    def __init__(
+        self,
+        push_ref: str,
+        identity: Identity,
+        writer: FrameWriter,
+        limits: SessionLimits,
+        metrics: Metrics,
+    ) -> None:
+        self.push_ref = push_ref
+        self.identity = identity
+        self.writer = writer
+        self.limits = limits
+        self.metrics = metrics
+        self.channels: set[str] = set()
+        self.rate = TokenBucket(limits.rate, limits.burst)
+        self.closed = False
+        self.close_code: CloseCode | None = None
+        self.close_reason = ""
+        self.connected_at = time.time()
+        self.expiry_handle: asyncio.TimerHandle | None = None
+        self._queue: deque[_Item] = deque()
+        self._queued_bytes = 0
+        self._keyed: dict[tuple[str, str], _Item] = {}
+        self._flusher: asyncio.Task[None] | None = None
+        self._recovering: dict[str, list[Publication]] | None = None
+        self._closing = False
+
+    @property
+    def user_id(self) -> str:
+        """The user this connection belongs to."""
+        return self.identity.user_id
+
+    @property
+    def queued(self) -> tuple[int, int]:
+        """Messages and bytes waiting in the outbound queue."""
+        return len(self._queue), self._queued_bytes
+
+    # -- outbound ----------------------------------------------------------------------------
+
+    def deliver(self, publication: Publication) -> None:
+        """Send a publication now if the socket keeps up, else queue it (bounded)."""
+        if self.closed:
+            return
+        recovering = self._recovering
+        if recovering is not None and publication.channel in recovering:
+            recovering[publication.channel].append(publication)
+            return
+        if not self._queue and not self.writer.paused:
+            if not self.writer.write(self.writer.encode(publication)):
+                self._lost()
+            return
+        key = None
+        if publication.priority is Priority.EPHEMERAL and publication.key is not None:
+            key = (publication.channel, publication.key)
+        self._enqueue(publication, len(publication.payload), key)
+
+    def send_control(self, payload: bytes) -> None:
+        """Send a control message (reply, error...) in order with publications; never dropped."""
+        if self.closed:
+            return
+        if not self._queue and not self.writer.paused:
+            if not self.writer.write(self.writer.encode_control(payload)):
+                self._lost()
+            return
+        self._enqueue(payload, len(payload), None)
+
+    def mark(self, channel: str, position: StreamPosition | None) -> None:
+        """Record, in stream order, the client's position in a channel (None: left it)."""
+        if self.closed or not self.writer.tracks_positions:
+            return
+        if not self._queue and not self.writer.paused:
+            if not self.writer.write(self.writer.encode_mark(channel, position)):
+                self._lost()
+            return
+        self._enqueue(_Mark(channel, position), 0, None)
+
+    def _enqueue(self, payload: _Payload, size: int, key: tuple[str, str] | None) -> None:
+        if key is not None:
+            queued = self._keyed.get(key)
+            if queued is not None:
+                # Latest value wins, in the place the first one held in the queue.
+                self._queued_bytes += size - queued.size
+                queued.payload, queued.size = payload, size
+                self.metrics.dropped("coalesced")
+                return
+        limits = self.limits
+        if (
+            len(self._queue) >= limits.max_queue_messages
+            or self._queued_bytes + size > limits.max_queue_bytes
+        ):
+            if isinstance(payload, Publication) and payload.priority is Priority.EPHEMERAL:
+                self.metrics.dropped("queue_full")
+                return
+            self._drop_ephemeral()
+            if (
+                len(self._queue) >= limits.max_queue_messages
+                or self._queued_bytes + size > limits.max_queue_bytes
+            ):
+                self.metrics.dropped("slow_consumer", len(self._queue) + 1)
+                self.close(
+                    CloseCode.SLOW_CONSUMER,
+                    f"slow consumer: outbound queue over {limits.max_queue_messages} messages"
+                    f" or {limits.max_queue_bytes} bytes",
+                    flush=False,
+                )
+                return
+        item = _Item(payload, size, key)
+        self._queue.append(item)
+        self._queued_bytes += size
+        if key is not None:
+            self._keyed[key] = item
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+
+    def _drop_ephemeral(self) -> None:
+        kept: deque[_Item] = deque()
+        dropped = 0
+        for item in self._queue:
+            payload = item.payload
+            if isinstance(payload, Publication) and payload.priority is Priority.EPHEMERAL:
+                dropped += 1
+                self._queued_bytes -= item.size
+            else:
+                kept.append(item)
+        if dropped:
+            self._queue = kept
+            self._keyed.clear()
+            self.metrics.dropped("queue_full", dropped)
+
+    async def _flush(self) -> None:
+        writer = self.writer
+        try:
+            while self._queue and not self.closed:
+                if writer.paused:
+                    await writer.drain()
+                    continue
+                item = self._queue.popleft()
+                self._queued_bytes -= item.size
+                if item.key is not None:
+                    self._keyed.pop(item.key, None)
+                payload = item.payload
+                if isinstance(payload, Publication):
+                    data = writer.encode(payload)
+                    self.metrics.observe_write_latency(payload)
+                elif isinstance(payload, _Mark):
+                    data = writer.encode_mark(payload.channel, payload.position)
+                else:
+                    data = writer.encode_control(payload)
+                if not writer.write(data):
+                    self._lost()
+                    return
+        except (ConnectionError, RuntimeError):
+            self._lost()
+            return
+        finally:
+            self._flusher = None
+        if self._closing and not self.closed:
+            self._finish_close()
+
+    def _lost(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.close_code = self.close_code or CloseCode.GOING_AWAY
+            self.close_reason = self.close_reason or "connection lost"
+            self._queue.clear()
+            self._keyed.clear()
+            self._queued_bytes = 0
+
+    # -- recovery ----------------------------------------------------------------------------
+
+    def hold(self, channel: str) -> None:
+        """Hold live publications of a channel while its missed ones are fetched."""
+        if self._recovering is None:
+            self._recovering = {}
+        self._recovering.setdefault(channel, [])
+
+    def release(self, channel: str, missed: list[Publication], after_offset: int | None) -> None:
+        """Deliver a channel's missed publications, then the held live ones not among them."""
+        held: list[Publication] = []
+        if self._recovering is not None:
+            held = self._recovering.pop(channel, [])
+            if not self._recovering:
+                self._recovering = None
+        last = after_offset
+        for publication in missed:
+            self.deliver(publication)
+            last = publication.offset
+        for publication in held:
+            if publication.offset is None or last is None or publication.offset > last:
+                self.deliver(publication)
+
+    # -- closing -----------------------------------------------------------------------------
+
+    def close(self, code: CloseCode, reason: str, *, flush: bool = True) -> None:
+        """Close the connection; with `flush`, after the queued messages are written."""
+        if self.closed or self._closing:
+            if not flush and not self.closed:
+                self._finish_close(code, reason)
+            return
+        self.close_code, self.close_reason = code, reason
+        if flush and self._queue:
+            self._closing = True
+            return
+        self._finish_close()
+
+    def _finish_close(self, code: CloseCode | None = None, reason: str | None = None) -> None:
+        if code is not None:
+            self.close_code = code
+        if reason is not None:
+            self.close_reason = reason
+        self.closed = True
+        self._queue.clear()
+        self._keyed.clear()
+        self._queued_bytes = 0
+        if self.expiry_handle is not None:
+            self.expiry_handle.cancel()
+            self.expiry_handle = None
+        self.writer.close(self.close_code or CloseCode.NORMAL, self.close_reason)
+
+    def __repr__(self) -> str:
+        return f"Session(push_ref={self.push_ref!r}, user={self.user_id!r})"

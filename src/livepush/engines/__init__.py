@@ -1,0 +1,1 @@
+"""Engines: the broker (moves publications between nodes, keeps history) and the presence store."""

@@ -1,0 +1,112 @@
+"""The engine contracts. `memory.py` implements them in-process; a Redis engine implements the
+same contracts for clusters, and one contract test suite (tests/engines) runs against every
+engine.
+
+Guarantees every broker gives:
+- `publish` of a reliable publication assigns the channel's next offset, appends it to the
+  channel's bounded history and hands it to every node subscribed to the channel, atomically
+  per channel: every node sees a channel's publications in offset order, with no gaps the
+  history does not also show.
+- Each channel's stream has an epoch; it changes whenever the stream's continuity is lost
+  (history storage lost or expired), so a position from an older epoch is never "recovered"
+  into a silently incomplete history.
+- `recover` returns exactly the publications after a position, in order, or says
+  `recovered=False` when it cannot.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from livepush.protocol.envelope import Publication, StreamPosition
+
+PublicationHandler = Callable[[Publication], None]
+
+
+class Recovery(NamedTuple):
+    """The answer to "what did I miss in this channel since this position?"."""
+
+    position: StreamPosition
+    publications: list[Publication]
+    recovered: bool
+
+
+class Broker(ABC):
+    """Moves publications to every node that has subscribers, and keeps per-channel history."""
+
+    def __init__(self) -> None:
+        self._handler: PublicationHandler = lambda publication: None
+
+    def set_handler(self, handler: PublicationHandler) -> None:
+        """Register the node callback that receives every publication of subscribed channels."""
+        self._handler = handler
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Connect and start background work."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Stop background work and disconnect."""
+
+    @property
+    def ready(self) -> bool:
+        """Whether the broker can publish and deliver right now (for /readyz)."""
+        return True
+
+    @abstractmethod
+    async def publish(self, publication: Publication) -> Publication:
+        """Publish; reliable publications come back placed at their stream position."""
+
+    @abstractmethod
+    async def subscribe(self, channel: str) -> None:
+        """This node wants the channel's publications (called for the first local subscriber)."""
+
+    @abstractmethod
+    async def unsubscribe(self, channel: str) -> None:
+        """This node no longer has subscribers of the channel."""
+
+    @abstractmethod
+    async def position(self, channel: str) -> StreamPosition:
+        """The channel's current stream position (offset 0 before its first publication)."""
+
+    @abstractmethod
+    async def recover(self, channel: str, since: StreamPosition, limit: int) -> Recovery:
+        """Publications after `since`, at most `limit` of them, or `recovered=False`."""
+
+
+class PresenceStore(ABC):
+    """Short-lived shared state with expiry: who is connected where, and pushRef ownership."""
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Start background work."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Stop background work."""
+
+    @abstractmethod
+    async def claim(self, name: str, owner: str, ttl: float) -> bool:
+        """Own `name` for `ttl` seconds unless another owner holds it; renewing is a claim."""
+
+    @abstractmethod
+    async def release(self, name: str, owner: str, ttl: float) -> None:
+        """Let a claim lapse after `ttl` seconds (0: at once) if `owner` still holds it."""
+
+    @abstractmethod
+    async def join(self, channel: str, client_id: str, info: dict[str, Any], ttl: float) -> None:
+        """Add or refresh a client in a channel's presence for `ttl` seconds."""
+
+    @abstractmethod
+    async def leave(self, channel: str, client_id: str) -> None:
+        """Remove a client from a channel's presence."""
+
+    @abstractmethod
+    async def members(self, channel: str) -> dict[str, dict[str, Any]]:
+        """The clients present in a channel (expired ones excluded)."""
+
+
+class Engine(NamedTuple):
+    """A broker and a presence store that work together."""
+
+    broker: Broker
+    presence: PresenceStore

@@ -1,0 +1,1 @@
+"""HTTP endpoints: publish API, health, metrics, OpenAPI, and the application wiring."""

@@ -1,0 +1,202 @@
+"""The aiohttp application: every route of a node, wired in one place."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import msgspec
+from aiohttp import hdrs, web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from livepush.auth.policy import ClaimsPolicy, HttpCallbackPolicy
+from livepush.auth.tokens import TokenVerifier
+from livepush.config import Config
+from livepush.core.node import Node, NodeSettings
+from livepush.core.session import SessionLimits
+from livepush.engines.memory import memory_engine
+from livepush.http.errors import json_error, json_response
+from livepush.http.openapi import openapi_document
+from livepush.http.publish import PublishHandler
+from livepush.protocol.errors import ErrorCode, ProtocolError
+from livepush.transports.handshake import (
+    HandshakeSettings,
+    accept,
+    authenticate,
+    check_request_origin,
+    error_response,
+)
+from livepush.transports.sse import SseFrameWriter, ping_streams, serve_sse
+from livepush.transports.websocket import serve_websocket
+
+log = logging.getLogger(__name__)
+
+NODE_KEY = web.AppKey("livepush.node", Node)
+STREAMS_KEY = web.AppKey("livepush.sse_streams", set[SseFrameWriter])
+MAX_COMMANDS_PER_POST = 100
+
+
+def build_node(config: Config) -> Node:
+    """A node from the configuration (engine, token verifier, policy, limits)."""
+    verifier = TokenVerifier(
+        secret=config.jwt_secret,
+        public_key_path=config.jwt_public_key,
+        jwks_path=config.jwt_jwks,
+        audience=config.jwt_audience,
+        issuer=config.jwt_issuer,
+        leeway=config.jwt_leeway,
+        user_claim=config.jwt_user_claim,
+    )
+    policy = (
+        HttpCallbackPolicy(
+            config.auth_callback_url,
+            cache_ttl=config.auth_callback_cache_ttl,
+            timeout=config.auth_callback_timeout,
+            api_key=config.api_key,
+        )
+        if config.auth_callback_url
+        else ClaimsPolicy()
+    )
+    return Node(
+        memory_engine(history_size=config.history_size, history_ttl=config.history_ttl),
+        verifier,
+        policy=policy,
+        settings=NodeSettings(
+            recovery_limit=config.recovery_limit,
+            push_ref_ttl=config.push_ref_ttl,
+            max_connections_per_user=config.max_connections_per_user,
+            max_publish_bytes=config.max_publish_bytes,
+            token_expiry_warning=config.token_expiry_warning,
+            ping_interval=config.ping_interval,
+        ),
+        limits=SessionLimits(
+            max_queue_messages=config.max_queue_messages,
+            max_queue_bytes=config.max_queue_bytes,
+            max_subscriptions=config.max_subscriptions,
+            rate=config.rate_limit,
+            burst=config.rate_burst,
+        ),
+    )
+
+
+def create_app(config: Config, node: Node | None = None) -> web.Application:
+    """The application serving the push endpoint, the publish API, health and metrics."""
+    node = node or build_node(config)
+    app = web.Application(client_max_size=config.max_publish_bytes)
+    app[NODE_KEY] = node
+    app[STREAMS_KEY] = set()
+    app["livepush.max_publish_bytes"] = config.max_publish_bytes
+    handshake_settings = HandshakeSettings(
+        tuple(config.allowed_origins), config.trust_proxy, config.auth_cookie
+    )
+    openapi = msgspec.json.encode(openapi_document(config.rest_prefix))
+
+    async def push(request: web.Request) -> web.StreamResponse:
+        upgrade = request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
+        wants_sse = "text/event-stream" in request.headers.get(hdrs.ACCEPT, "")
+        if not upgrade and not wants_sse:
+            return json_error(
+                406,
+                ErrorCode.NOT_ACCEPTABLE,
+                "open a WebSocket (Upgrade: websocket) or an event stream "
+                "(Accept: text/event-stream) on this URL",
+            )
+        try:
+            handshake = await accept(request, node, handshake_settings)
+        except ProtocolError as exc:
+            node.metrics.handshake_failures.labels(exc.code.value).inc()
+            return error_response(exc)
+        if upgrade:
+            return await serve_websocket(
+                request,
+                node,
+                handshake,
+                max_message_bytes=config.max_message_bytes,
+                ping_interval=config.ping_interval,
+            )
+        return await serve_sse(
+            request, node, handshake, retry_ms=config.sse_retry_ms, streams=app[STREAMS_KEY]
+        )
+
+    async def push_commands(request: web.Request) -> web.Response:
+        """Commands of an SSE connection (same semantics as over WebSocket)."""
+        try:
+            check_request_origin(request, handshake_settings)
+            identity = authenticate(request, node, handshake_settings)
+            push_ref = request.query.get("pushRef", "")
+            session = node.session(push_ref)
+            if session is None or session.closed:
+                raise ProtocolError(
+                    ErrorCode.SESSION_NOT_FOUND,
+                    f"no open connection with pushRef {push_ref!r} on this server",
+                )
+            if session.user_id != identity.user_id:
+                raise ProtocolError(ErrorCode.FORBIDDEN, "this pushRef belongs to another user")
+        except ProtocolError as exc:
+            return error_response(exc)
+        body = await request.read()
+        if len(body) > config.max_message_bytes * MAX_COMMANDS_PER_POST:
+            return json_error(413, ErrorCode.MESSAGE_TOO_LARGE, "too many or too large commands")
+        replies: list[bytes] = []
+        try:
+            raw_items = _split_commands(body)
+        except ProtocolError as exc:
+            return json_error(400, exc.code, exc.message)
+        for raw in raw_items:
+            await node.handle_message(session, raw, replies.append)
+        return web.Response(body=b"[" + b",".join(replies) + b"]", content_type="application/json")
+
+    async def healthz(request: web.Request) -> web.Response:
+        return json_response({"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        if node.ready:
+            return json_response({"status": "ready"})
+        reason = "draining" if node.draining else "engine unavailable"
+        return json_response({"status": "not ready", "reason": reason}, status=503)
+
+    async def metrics(request: web.Request) -> web.Response:
+        response = web.Response(body=node.metrics.render())
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    async def openapi_json(request: web.Request) -> web.Response:
+        return web.Response(body=openapi, content_type="application/json")
+
+    prefix = config.rest_prefix
+    app.router.add_get(f"{prefix}/push", push)
+    app.router.add_post(f"{prefix}/push", push_commands)
+    app.router.add_post("/api/v1/publish", PublishHandler(node, config.api_key))
+    app.router.add_get("/api/v1/openapi.json", openapi_json)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await node.start()
+        pinger = asyncio.create_task(ping_streams(app[STREAMS_KEY], config.sse_ping_interval))
+        yield
+        pinger.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pinger
+        await node.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+def _split_commands(body: bytes) -> list[bytes]:
+    """A POST body holds one command object or an array of them; each is decoded alone so
+    one bad command gets its own error and the others still run."""
+    try:
+        parsed = msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(ErrorCode.INVALID_JSON, f"body is not valid JSON: {exc}") from exc
+    items = parsed if isinstance(parsed, list) else [parsed]
+    if len(items) > MAX_COMMANDS_PER_POST:
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, f"at most {MAX_COMMANDS_PER_POST} commands per request"
+        )
+    return [msgspec.json.encode(item) for item in items]

@@ -1,0 +1,104 @@
+"""The OpenAPI document of the HTTP API, with request and response schemas generated from the
+same msgspec types that validate the requests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from livepush import __version__
+from livepush.http.publish import PublishBatch, PublishBatchResult, PublishMessage, PublishResult
+
+
+class ErrorDetail(msgspec.Struct):
+    """A stable error code and a human-readable message."""
+
+    code: str
+    message: str
+
+
+class ErrorBody(msgspec.Struct):
+    """Every HTTP error body."""
+
+    error: ErrorDetail
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def openapi_document(rest_prefix: str) -> dict[str, Any]:
+    """Build the document (served at /api/v1/openapi.json)."""
+    _, components = msgspec.json.schema_components(
+        [PublishMessage, PublishBatch, PublishResult, PublishBatchResult, ErrorBody],
+        ref_template="#/components/schemas/{name}",
+    )
+    error = _json(_ref("ErrorBody"), "error with a stable code")
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "livepush HTTP API",
+            "version": __version__,
+            "description": "Publishing into livepush channels, health and metrics. The push "
+            f"endpoint itself ({rest_prefix}/push) is described in docs/protocol.md.",
+        },
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
+        },
+        "paths": {
+            "/api/v1/publish": {
+                "post": {
+                    "summary": "Publish one message, or a batch in order",
+                    "description": "Each message has exactly one target: channel, pushRef, "
+                    "userIds or broadcast. A batch is validated whole before anything is "
+                    "published.",
+                    "security": [{"apiKey": []}],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {"oneOf": [_ref("PublishMessage"), _ref("PublishBatch")]}
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _json(
+                            {"oneOf": [_ref("PublishResult"), _ref("PublishBatchResult")]},
+                            "where each message landed",
+                        ),
+                        "400": error,
+                        "401": error,
+                        "413": error,
+                        "503": error,
+                    },
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "summary": "Process is alive",
+                    "responses": {"200": {"description": "alive"}},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "summary": "Ready for connections",
+                    "responses": {
+                        "200": {"description": "ready"},
+                        "503": {"description": "draining or engine down"},
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "responses": {"200": {"description": "text exposition"}},
+                }
+            },
+        },
+    }

@@ -1,0 +1,99 @@
+"""Running a node: listen, serve, and on SIGTERM drain gracefully (stop accepting, ask every
+client to reconnect elsewhere with close code 1012 or an SSE `disconnect` event, flush their
+queues, then exit)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import signal
+import sys
+
+from aiohttp import web
+
+from livepush.config import Config
+from livepush.http.app import NODE_KEY, create_app
+
+log = logging.getLogger("livepush")
+
+
+def apply_development_defaults(config: Config) -> list[str]:
+    """Generate a token secret and an API key when none is configured; returns the notes to
+    print so a new user can mint a token and publish right away."""
+    notes: list[str] = []
+    if not config.has_token_key:
+        config.jwt_secret = secrets.token_urlsafe(32)
+        notes += [
+            "No LIVEPUSH_JWT_SECRET (or public key / JWKS) configured: generated a development",
+            "secret for this run. Mint a token for a user with:",
+            f"  livepush token --user alice --workflows '*' --secret {config.jwt_secret}",
+        ]
+    if not config.api_key:
+        config.api_key = secrets.token_urlsafe(24)
+        notes += [
+            "No LIVEPUSH_API_KEY configured: generated one for this run. Publish with:",
+            f"  curl -s -X POST http://{config.host}:{config.port}/api/v1/publish \\",
+            f"    -H 'Authorization: Bearer {config.api_key}' \\",
+            "    -H 'Content-Type: application/json' \\",
+            '    -d \'{"type":"hello","data":{"text":"hi"},"broadcast":true}\'',
+        ]
+    if notes and config.host not in ("127.0.0.1", "localhost", "::1"):
+        notes.append("WARNING: generated credentials on a non-loopback address; set your own.")
+    return notes
+
+
+async def serve(config: Config, *, started: asyncio.Future[int] | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then drain."""
+    app = create_app(config)
+    node = app[NODE_KEY]
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5.0)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port, backlog=4096)
+    await site.start()
+    port = next((addr[1] for addr in runner.addresses if isinstance(addr, tuple)), config.port)
+    log.info(
+        "listening on http://%s:%d (push endpoint ws://%s:%d%s/push, engine %s)",
+        config.host,
+        port,
+        config.host,
+        port,
+        config.rest_prefix,
+        config.engine,
+    )
+    if started is not None:
+        started.set_result(port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log.info("draining %d connections (up to %.0fs)", len(node.hub), config.shutdown_timeout)
+        node.draining = True
+        await site.stop()
+        await node.drain(config.shutdown_timeout)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await runner.cleanup()
+        log.info("stopped")
+
+
+def run(config: Config) -> None:
+    """Blocking entry point of `livepush serve`."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+        asyncio.run(serve(config))
+    else:
+        uvloop.run(serve(config))
+
+
+def configure_logging(level: str) -> None:
+    """Plain, greppable log lines on stderr."""
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )

@@ -1,0 +1,1 @@
+"""Transports: WebSocket and Server-Sent Events on the same `/rest/push` URL."""

@@ -388,10 +388,11 @@ class Node:
         loop = asyncio.get_running_loop()
         delay = expires_at - time.time()
         warn_in = delay - self.settings.token_expiry_warning
-        if warn_in > 0:
-            session.expiry_handle = loop.call_later(warn_in, self._warn_expiry, session)
+        if delay > 0:
+            # Inside the warning window already: warn at once, so the client can refresh.
+            session.expiry_handle = loop.call_later(max(warn_in, 0.0), self._warn_expiry, session)
         else:
-            session.expiry_handle = loop.call_later(max(delay, 0.0), self._expire, session)
+            session.expiry_handle = loop.call_later(0.0, self._expire, session)
 
     def _warn_expiry(self, session: Session) -> None:
         expires_at = session.identity.expires_at or time.time()

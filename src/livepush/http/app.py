@@ -87,7 +87,6 @@ def create_app(config: Config, node: Node | None = None) -> web.Application:
     app = web.Application(client_max_size=config.max_publish_bytes)
     app[NODE_KEY] = node
     app[STREAMS_KEY] = set()
-    app["livepush.max_publish_bytes"] = config.max_publish_bytes
     handshake_settings = HandshakeSettings(
         tuple(config.allowed_origins), config.trust_proxy, config.auth_cookie
     )
@@ -168,7 +167,9 @@ def create_app(config: Config, node: Node | None = None) -> web.Application:
     prefix = config.rest_prefix
     app.router.add_get(f"{prefix}/push", push)
     app.router.add_post(f"{prefix}/push", push_commands)
-    app.router.add_post("/api/v1/publish", PublishHandler(node, config.api_key))
+    app.router.add_post(
+        "/api/v1/publish", PublishHandler(node, config.api_key, config.max_publish_bytes).handle
+    )
     app.router.add_get("/api/v1/openapi.json", openapi_json)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

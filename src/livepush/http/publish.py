@@ -123,11 +123,12 @@ def _position(publication: Publication) -> PublishedPosition:
 class PublishHandler:
     """The publish endpoint of one node."""
 
-    def __init__(self, node: Node, api_key: str | None) -> None:
+    def __init__(self, node: Node, api_key: str | None, max_bytes: int) -> None:
         self._node = node
+        self._max_bytes = max_bytes
         self._api_key = api_key.encode() if api_key else None
 
-    async def __call__(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.Request) -> web.Response:
         """Authenticate, validate the whole request, then publish every message in order."""
         if self._api_key is None:
             return json_error(
@@ -145,7 +146,7 @@ class PublishHandler:
             return json_error(
                 413,
                 ErrorCode.PAYLOAD_TOO_LARGE,
-                f"request body over {request.app['livepush.max_publish_bytes']} bytes",
+                f"request body over {self._max_bytes} bytes",
             )
         try:
             messages, batch = _decode(body)

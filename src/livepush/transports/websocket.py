@@ -40,7 +40,7 @@ def text_frame(payload: bytes) -> bytes:
 class WebSocketFrameWriter:
     """`FrameWriter` over an aiohttp WebSocket connection."""
 
-    __slots__ = ("_protocol", "_transport", "_ws")
+    __slots__ = ("_closing", "_protocol", "_transport", "_ws")
     transport = "websocket"
     tracks_positions = False
 
@@ -48,6 +48,7 @@ class WebSocketFrameWriter:
         self._ws = ws
         self._transport: Any = request.transport
         self._protocol: Any = request.protocol
+        self._closing: asyncio.Task[bool] | None = None
 
     def encode(self, publication: Publication) -> bytes:
         """The publication's frame, built by the first recipient and shared by all."""
@@ -83,10 +84,16 @@ class WebSocketFrameWriter:
 
     def close(self, code: CloseCode, reason: str) -> None:
         """Send a close frame with code and reason (in the background)."""
-        if not self._ws.closed:
-            asyncio.get_running_loop().create_task(
+        if not self._ws.closed and self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(
                 self._ws.close(code=int(code), message=reason.encode()[:120])
             )
+
+    async def wait_closed(self) -> None:
+        """Wait for a server-initiated close handshake to finish (bounded by aiohttp's close
+        timeout), so a draining server does not cut the socket under its close frame."""
+        if self._closing is not None:
+            await self._closing
 
 
 async def serve_websocket(
@@ -102,10 +109,11 @@ async def serve_websocket(
         heartbeat=ping_interval, max_msg_size=max_message_bytes, compress=False
     )
     await ws.prepare(request)
+    writer = WebSocketFrameWriter(ws, request)
     session = await node.open_session(
         handshake.push_ref,
         handshake.identity,
-        WebSocketFrameWriter(ws, request),
+        writer,
         channels=handshake.channels,
         resume=handshake.resume,
     )
@@ -114,7 +122,10 @@ async def serve_websocket(
     finally:
         if session.close_code is None and ws.close_code is not None:
             _note_client_close(session, ws.close_code)
-        await node.close_session(session)
+        try:
+            await writer.wait_closed()
+        finally:
+            await node.close_session(session)
     return ws
 
 

@@ -1,0 +1,23 @@
+# `make test` is the one command that checks everything: lint, types, the whole test suite.
+PYTHON ?= python3
+NODE_DEPS := tests/interop/node/node_modules/.package-lock.json
+
+.PHONY: test dev lint typecheck pytest
+
+test: dev lint typecheck pytest
+
+dev: $(NODE_DEPS)
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+
+$(NODE_DEPS): tests/interop/node/package.json tests/interop/node/package-lock.json
+	cd tests/interop/node && npm ci --no-audit --no-fund --loglevel=error
+
+lint:
+	$(PYTHON) -m ruff check src tests bench
+	$(PYTHON) -m ruff format --check src tests
+
+typecheck:
+	$(PYTHON) -m mypy
+
+pytest:
+	$(PYTHON) -m pytest

@@ -1,0 +1,112 @@
+"""Shared fixtures: real livepush servers on loopback ports, real HTTP/WebSocket clients."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from livepush.auth.tokens import mint_token
+from livepush.config import load_config
+from livepush.core.node import Node
+from livepush.http.app import NODE_KEY, create_app
+
+SECRET = "test-secret-0123456789abcdef0123456789abcdef"
+API_KEY = "test-api-key-0123456789"
+
+
+def require(tool: str) -> str:
+    """Path of an external tool a test needs; skip without it, but fail in CI (CI=true)."""
+    path = shutil.which(tool)
+    if path is None:
+        message = f"{tool} is not installed"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{message} (CI must install it)")
+        pytest.skip(message)
+    return path
+
+
+@dataclass
+class RunningServer:
+    """A livepush node served on a loopback port."""
+
+    url: str
+    node: Node
+    config: Any
+    runner: web.AppRunner
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ws_base(self) -> str:
+        return self.url.replace("http://", "ws://")
+
+    def token(self, user: str = "alice", **claims: Any) -> str:
+        claims.setdefault("workflows", ["1", "2"])
+        return mint_token(SECRET, user, **claims)
+
+    def push_url(self, push_ref: str, token: str | None = None, **params: str) -> str:
+        query: dict[str, str] = {"pushRef": push_ref, **params}
+        if token is not None:
+            query["token"] = token
+        return f"{self.url}{self.config.rest_prefix}/push?{urlencode(query)}"
+
+    async def publish(
+        self, http: aiohttp.ClientSession, body: dict[str, Any], api_key: str = API_KEY
+    ) -> tuple[int, Any]:
+        async with http.post(
+            f"{self.url}/api/v1/publish",
+            json=body,
+            headers={"Authorization": f"Bearer {api_key}"},
+        ) as response:
+            return response.status, await response.json()
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+ServerFactory = Callable[..., Awaitable[RunningServer]]
+
+
+@pytest.fixture
+async def server_factory() -> AsyncIterator[ServerFactory]:
+    started: list[RunningServer] = []
+
+    async def start(**overrides: Any) -> RunningServer:
+        settings: dict[str, Any] = {
+            "port": 0,
+            "jwt_secret": SECRET,
+            "api_key": API_KEY,
+            **overrides,
+        }
+        config = load_config(settings, environ={})
+        app = create_app(config)
+        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        running = RunningServer(f"http://127.0.0.1:{port}", app[NODE_KEY], config, runner)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        await running.stop()
+
+
+@pytest.fixture
+async def server(server_factory: ServerFactory) -> RunningServer:
+    return await server_factory()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session

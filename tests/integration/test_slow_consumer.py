@@ -95,6 +95,7 @@ async def test_slow_consumer_is_cut_while_others_receive_everything(
 
     async with http.get(f"{server.url}/metrics") as response:
         metrics = await response.text()
+    assert 'livepush_dropped_messages_total{reason="slow_consumer"}' in metrics
     assert 'livepush_disconnects_total{reason="slow_consumer"} 1.0' in metrics
     for ws in fast:
         await ws.close()

@@ -4,7 +4,14 @@ Publications are written as pre-built frames: a server frame is unmasked, so the
 frame are identical for every recipient and are built once per publication (`ws_frame`), then
 handed to each connection's transport with no per-recipient encoding. aiohttp still owns the
 connection (handshake, reading, ping/pong, close); only data frames bypass its writer. This
-is the one place that touches aiohttp internals (`_drain_helper`), covered by the tests.
+is the one place that touches aiohttp internals (`_drain_helper`, `_reader`), covered by the
+tests.
+
+A server-initiated close is performed by the connection's own read loop: `close()` wakes it
+with a marker message, and the loop runs aiohttp's close handshake (send the close frame, wait
+for the client's). Closing from another task while the loop waits in `receive()` would make
+aiohttp drop the socket without waiting for the client's close frame, so clients would see
+1006 instead of our close code.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import logging
 import struct
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSMessage, WSMsgType, web
 
 from livepush.core.node import Node
 from livepush.core.session import Session
@@ -27,6 +34,17 @@ log = logging.getLogger(__name__)
 _OP_TEXT = 0x81  # FIN + text opcode
 
 
+#: A client that stopped reading gets this long to take its close frame before the socket is
+#: reset.
+SLOW_CLOSE_GRACE = 5.0
+
+
+def close_frame(code: int, reason: str) -> bytes:
+    """An unmasked close frame."""
+    payload = struct.pack("!H", code) + reason.encode()[:120]
+    return bytes((0x88, len(payload))) + payload
+
+
 def text_frame(payload: bytes) -> bytes:
     """An unmasked, unfragmented server-to-client text frame."""
     length = len(payload)
@@ -37,10 +55,18 @@ def text_frame(payload: bytes) -> bytes:
     return struct.pack("!BBQ", _OP_TEXT, 127, length) + payload
 
 
+class _CloseRequest:
+    __slots__ = ("code", "reason")
+
+    def __init__(self, code: CloseCode, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+
+
 class WebSocketFrameWriter:
     """`FrameWriter` over an aiohttp WebSocket connection."""
 
-    __slots__ = ("_closing", "_protocol", "_transport", "_ws")
+    __slots__ = ("_close_requested", "_protocol", "_transport", "_ws")
     transport = "websocket"
     tracks_positions = False
 
@@ -48,7 +74,7 @@ class WebSocketFrameWriter:
         self._ws = ws
         self._transport: Any = request.transport
         self._protocol: Any = request.protocol
-        self._closing: asyncio.Task[bool] | None = None
+        self._close_requested = False
 
     def encode(self, publication: Publication) -> bytes:
         """The publication's frame, built by the first recipient and shared by all."""
@@ -83,17 +109,24 @@ class WebSocketFrameWriter:
         await self._protocol._drain_helper()
 
     def close(self, code: CloseCode, reason: str) -> None:
-        """Send a close frame with code and reason (in the background)."""
-        if not self._ws.closed and self._closing is None:
-            self._closing = asyncio.get_running_loop().create_task(
-                self._ws.close(code=int(code), message=reason.encode()[:120])
-            )
+        """Ask the connection's read loop to close with this code and reason."""
+        reader = self._ws._reader
+        if self._ws.closed or self._close_requested or reader is None:
+            return
+        self._close_requested = True
+        request = _CloseRequest(code, reason)
+        reader.feed_data(WSMessage(WSMsgType.ERROR, request, None), 0)
 
-    async def wait_closed(self) -> None:
-        """Wait for a server-initiated close handshake to finish (bounded by aiohttp's close
-        timeout), so a draining server does not cut the socket under its close frame."""
-        if self._closing is not None:
-            await self._closing
+    def shut(self, code: CloseCode, reason: str) -> None:
+        """Close without waiting for the client's close frame (it has stopped reading): the
+        close frame goes after what is buffered, then the socket closes, or is reset if the
+        client still has not taken it after a grace period."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(close_frame(int(code), reason))
+        transport.close()
+        asyncio.get_running_loop().call_later(SLOW_CLOSE_GRACE, transport.abort)
 
 
 async def serve_websocket(
@@ -118,18 +151,17 @@ async def serve_websocket(
         resume=handshake.resume,
     )
     try:
-        await _read_loop(ws, node, session)
+        await _read_loop(ws, node, session, writer)
     finally:
         if session.close_code is None and ws.close_code is not None:
             _note_client_close(session, ws.close_code)
-        try:
-            await writer.wait_closed()
-        finally:
-            await node.close_session(session)
+        await node.close_session(session)
     return ws
 
 
-async def _read_loop(ws: web.WebSocketResponse, node: Node, session: Session) -> None:
+async def _read_loop(
+    ws: web.WebSocketResponse, node: Node, session: Session, writer: WebSocketFrameWriter
+) -> None:
     while True:
         message = await ws.receive()
         kind = message.type
@@ -140,6 +172,13 @@ async def _read_loop(ws: web.WebSocketResponse, node: Node, session: Session) ->
                 error_message(ErrorCode.BINARY_NOT_SUPPORTED, "send JSON commands as text frames")
             )
         elif kind is WSMsgType.ERROR:
+            request = message.data
+            if isinstance(request, _CloseRequest):
+                if request.code is CloseCode.SLOW_CONSUMER:
+                    writer.shut(request.code, request.reason)
+                else:
+                    await ws.close(code=int(request.code), message=request.reason.encode()[:120])
+                return
             if ws.close_code == CloseCode.MESSAGE_TOO_BIG:
                 node.metrics.errors.labels(ErrorCode.MESSAGE_TOO_LARGE.value).inc()
                 session.close_code = CloseCode.MESSAGE_TOO_BIG

@@ -120,9 +120,10 @@ def coerce(name: str, value: Any) -> Any:
             return False
         raise ValueError(f"{name}: expected true or false, got {value!r}")
     if kind is list:
-        if isinstance(value, list):
-            return [str(v) for v in value]
-        return [v.strip().rstrip("/") for v in str(value).split(",") if v.strip()]
+        items = value if isinstance(value, list) else str(value).split(",")
+        return [str(v).strip().rstrip("/") for v in items if str(v).strip()]
+    if isinstance(value, bool) or (kind is int and isinstance(value, float)):
+        raise ValueError(f"{name}: expected {kind.__name__}, got {value!r}")
     try:
         return kind(value)
     except (TypeError, ValueError) as exc:

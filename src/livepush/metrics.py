@@ -7,6 +7,7 @@ Hot-path counts are taken once per publication (recipients as the amount), never
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -59,12 +60,17 @@ class Metrics:
             registry=r,
         )
         self.bytes_out = Counter(
-            "livepush_bytes_out", "Payload bytes handed to connections", registry=r
+            "livepush_bytes_out",
+            "Payload bytes handed to connections, by type",
+            ["type"],
+            registry=r,
         )
         self.messages_in = Counter(
             "livepush_messages_in", "Client messages received, by type", ["type"], registry=r
         )
-        self.bytes_in = Counter("livepush_bytes_in", "Client message bytes received", registry=r)
+        self.bytes_in = Counter(
+            "livepush_bytes_in", "Client message bytes received, by type", ["type"], registry=r
+        )
         self.drops = Counter(
             "livepush_dropped_messages",
             "Messages not delivered, by reason",
@@ -90,20 +96,26 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self._out_by_type: dict[str, Counter] = {}
-        self._drops_by_reason: dict[str, Counter] = {}
+        self._out_by_type: dict[str, tuple[Any, Any]] = {}
+        self._drops_by_reason: dict[str, Any] = {}
 
     def fanned_out(self, publication: Publication, recipients: int) -> None:
         """Count one publication handed to `recipients` connections."""
         if recipients <= 0:
             return
         label = metric_label(publication.type)
-        counter = self._out_by_type.get(label)
-        if counter is None:
-            counter = self._out_by_type[label] = self.messages_out.labels(label)
-        counter.inc(recipients)
-        self.bytes_out.inc(len(publication.payload) * recipients)
+        counters = self._out_by_type.get(label)
+        if counters is None:
+            counters = (self.messages_out.labels(label), self.bytes_out.labels(label))
+            self._out_by_type[label] = counters
+        counters[0].inc(recipients)
+        counters[1].inc(len(publication.payload) * recipients)
         self.latency.observe(time.time() - publication.published_at)
+
+    def received(self, message_type: str, size: int) -> None:
+        """Count one client message (`message_type` is a command name or a failure label)."""
+        self.messages_in.labels(message_type).inc()
+        self.bytes_in.labels(message_type).inc(size)
 
     def observe_write_latency(self, publication: Publication) -> None:
         """A queued publication was written late: record its own latency."""

@@ -436,6 +436,9 @@ async def test_metrics_count_connections_messages_and_errors(server: RunningServ
         text = await response.text()
     assert 'livepush_connections{transport="websocket"} 1.0' in text
     assert 'livepush_messages_out_total{type="workflowUpdated"} 1.0' in text
+    assert 'livepush_bytes_out_total{type="workflowUpdated"}' in text
+    assert 'livepush_messages_in_total{type="invalid"} 1.0' in text
+    assert 'livepush_bytes_in_total{type="invalid"} 7.0' in text
     assert 'livepush_errors_total{code="invalid_json"} 1.0' in text
     assert "livepush_publish_to_write_seconds_bucket" in text
     await ws.close()

@@ -67,7 +67,10 @@ def check_origin(
     if "*" in allowed_origins or origin.rstrip("/") in allowed_origins:
         return OriginDecision(True)
     host, scheme, source = request_host(headers, trust_proxy)
-    parts = urlsplit(origin)
+    try:
+        parts = urlsplit(origin)
+    except ValueError:
+        return OriginDecision(False, f"Origin {origin[:200]!r} is not a valid origin.")
     same_host = parts.scheme and parts.netloc and host
     if same_host and normalize_host(parts.netloc, parts.scheme) == normalize_host(host, scheme):
         return OriginDecision(True)

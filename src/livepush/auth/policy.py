@@ -72,7 +72,7 @@ class HttpCallbackPolicy:
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._max_entries = max_entries
         self._cache: OrderedDict[tuple[str, str], tuple[bool, float]] = OrderedDict()
-        self._in_flight: dict[tuple[str, str], asyncio.Future[bool]] = {}
+        self._in_flight: dict[tuple[str, str], asyncio.Task[bool]] = {}
         self._claims = ClaimsPolicy()
         self._session: aiohttp.ClientSession | None = None
         self.calls = 0
@@ -81,28 +81,25 @@ class HttpCallbackPolicy:
         """Claims first; then the cache; then one HTTP call shared by concurrent askers."""
         if await self._claims.can_subscribe(identity, kind, ident):
             return True
-        channel = f"{kind}:{ident}"
-        key = (identity.user_id, channel)
-        now = time.monotonic()
+        key = (identity.user_id, f"{kind}:{ident}")
         cached = self._cache.get(key)
-        if cached is not None and cached[1] > now:
+        if cached is not None and cached[1] > time.monotonic():
             self._cache.move_to_end(key)
             return cached[0]
-        pending = self._in_flight.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._in_flight[key] = future
+        task = self._in_flight.get(key)
+        if task is None:
+            # One task per question, awaited behind a shield: a caller that is cancelled (its
+            # client hung up) neither cancels the call nor strands the others waiting on it.
+            task = asyncio.get_running_loop().create_task(self._ask_and_cache(key))
+            self._in_flight[key] = task
+        return await asyncio.shield(task)
+
+    async def _ask_and_cache(self, key: tuple[str, str]) -> bool:
         try:
-            allowed = await self._ask(identity.user_id, channel)
-        except ProtocolError as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved here so an unshared failure is not logged as lost
-            raise
+            allowed = await self._ask(*key)
         finally:
             del self._in_flight[key]
-        future.set_result(allowed)
-        self._cache[key] = (allowed, now + self._cache_ttl)
+        self._cache[key] = (allowed, time.monotonic() + self._cache_ttl)
         if len(self._cache) > self._max_entries:
             self._cache.popitem(last=False)
         return allowed

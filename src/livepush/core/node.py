@@ -147,8 +147,9 @@ class Node:
     ) -> Publication:
         """Publish one message to one channel; returns it placed at its stream position.
 
-        `data` is a dict, or the JSON bytes of an object (as received by the HTTP API, so they
-        are never decoded and re-encoded).
+        `data` is a dict, or the JSON bytes of an object (as received and validated by the
+        HTTP API, so they are never decoded and re-encoded). Bytes are trusted to be valid
+        JSON: only their first character is checked.
         """
         parse_channel(channel)
         validate_type(message_type)
@@ -429,8 +430,9 @@ class Node:
         """One client message: rate limit, decode, execute. Replies go to `reply` (the SSE
         POST response) or, by default, down the connection itself."""
         reply = reply or session.send_control
-        self.metrics.bytes_in.inc(len(raw))
         decision = session.rate.take()
+        if decision is not RateDecision.ALLOW:
+            self.metrics.received("rate_limited", len(raw))
         if decision is RateDecision.ABUSIVE:
             self._send_error(
                 reply,
@@ -453,17 +455,16 @@ class Node:
             return
         try:
             command = decode_command(raw)
-        except CommandError as exc:
-            self._send_error(reply, exc, exc.request_id)
-            return
         except ProtocolError as exc:
-            self._send_error(reply, exc, None)
+            self.metrics.received("invalid", len(raw))
+            request_id = exc.request_id if isinstance(exc, CommandError) else None
+            self._send_error(reply, exc, request_id)
             return
+        self.metrics.received(command.type, len(raw))
         await self.execute(session, command, reply)
 
     async def execute(self, session: Session, command: Command, reply: Reply) -> None:
         """Run one decoded command; its reply or error goes to `reply`."""
-        self.metrics.messages_in.labels(command.type).inc()
         try:
             await self._dispatch(session, command, reply)
         except ProtocolError as exc:

@@ -32,7 +32,8 @@ class TokenBucket:
     def take(self, now: float | None = None) -> RateDecision:
         """Spend one token."""
         now = time.monotonic() if now is None else now
-        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        elapsed = max(0.0, now - self._last)
+        self._tokens = min(self.burst, self._tokens + elapsed * self.rate)
         self._last = now
         self._tokens -= 1.0
         if self._tokens >= 0.0:

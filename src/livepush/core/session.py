@@ -201,6 +201,9 @@ class Session:
         if key is not None:
             queued = self._keyed.get(key)
             if queued is not None:
+                if self._queued_bytes - queued.size + size > self.limits.max_queue_bytes:
+                    self.metrics.dropped("queue_full")
+                    return
                 # Latest value wins, in the place the first one held in the queue.
                 self._queued_bytes += size - queued.size
                 queued.payload, queued.size = payload, size
@@ -283,6 +286,9 @@ class Session:
     def _lost(self) -> None:
         if not self.closed:
             self.closed = True
+            if self.expiry_handle is not None:
+                self.expiry_handle.cancel()
+                self.expiry_handle = None
             self.close_code = self.close_code or CloseCode.GOING_AWAY
             self.close_reason = self.close_reason or "connection lost"
             self._queue.clear()

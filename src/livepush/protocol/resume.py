@@ -7,6 +7,7 @@ ids and epochs never contain `|` or `,`, so the format needs no escaping.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 from livepush.protocol.channels import parse_channel
@@ -14,6 +15,7 @@ from livepush.protocol.envelope import StreamPosition
 from livepush.protocol.errors import ErrorCode, ProtocolError
 
 MAX_ENTRIES = 256
+_OFFSET = re.compile(r"[0-9]{1,19}")  # ASCII digits only, and within a 64-bit offset
 
 
 def format_positions(positions: Mapping[str, StreamPosition]) -> str:
@@ -22,7 +24,8 @@ def format_positions(positions: Mapping[str, StreamPosition]) -> str:
 
 
 def parse_positions(value: str) -> dict[str, StreamPosition]:
-    """Decode channel positions, raising `ProtocolError(bad_request)` on a malformed value."""
+    """Decode channel positions, raising `ProtocolError` (`bad_request`, or `invalid_channel`
+    for a malformed channel name) on a malformed value."""
     positions: dict[str, StreamPosition] = {}
     if not value.strip():
         return positions
@@ -31,7 +34,7 @@ def parse_positions(value: str) -> dict[str, StreamPosition]:
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"more than {MAX_ENTRIES} resume positions")
     for entry in entries:
         parts = entry.strip().split("|")
-        if len(parts) != 3 or not parts[1] or len(parts[1]) > 64 or not parts[2].isdigit():
+        if len(parts) != 3 or not parts[1] or len(parts[1]) > 64 or not _OFFSET.fullmatch(parts[2]):
             raise ProtocolError(
                 ErrorCode.BAD_REQUEST,
                 f"invalid resume position {entry[:100]!r}: expected channel|epoch|offset",

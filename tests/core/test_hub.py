@@ -1,0 +1,213 @@
+"""Local routing: channel -> sessions, pushRef -> session, user -> sessions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from livepush.auth.tokens import Grants, Identity
+from livepush.core.hub import Hub
+from livepush.core.session import Session, SessionLimits
+from livepush.metrics import Metrics
+from livepush.protocol.envelope import Publication, StreamPosition
+from livepush.protocol.errors import CloseCode
+
+
+class ListWriter:
+    """A minimal session port that records frames; `on_write` lets a test react to a write."""
+
+    transport = "test"
+    tracks_positions = False
+    paused = False
+
+    def __init__(self, on_write: Callable[[], object] | None = None) -> None:
+        self.writes: list[bytes] = []
+        self.on_write = on_write
+
+    def encode(self, publication: Publication) -> bytes:
+        return publication.payload
+
+    def encode_control(self, payload: bytes) -> bytes:
+        return payload
+
+    def encode_mark(self, channel: str, position: StreamPosition | None) -> bytes:
+        return b""
+
+    def write(self, data: bytes) -> bool:
+        self.writes.append(data)
+        if self.on_write is not None:
+            self.on_write()
+        return True
+
+    async def drain(self) -> None:
+        return None
+
+    def close(self, code: CloseCode, reason: str) -> None:
+        return None
+
+
+def _session(push_ref: str, user: str = "alice", writer: ListWriter | None = None) -> Session:
+    return Session(
+        push_ref,
+        Identity(user, None, Grants()),
+        writer or ListWriter(),
+        SessionLimits(),
+        Metrics(),
+    )
+
+
+def _writes(session: Session) -> list[bytes]:
+    writer = session.writer
+    assert isinstance(writer, ListWriter)
+    return writer.writes
+
+
+def _publication(channel: str = "workflow:1", offset: int = 1) -> Publication:
+    return Publication(channel, "workflowUpdated", b"{}", offset=offset, epoch="e")
+
+
+def test_fan_out_reaches_every_subscriber_of_the_channel_only() -> None:
+    hub = Hub()
+    a, b, c = _session("a"), _session("b"), _session("c")
+    for session in (a, b, c):
+        hub.add(session)
+    hub.subscribe(a, "workflow:1")
+    hub.subscribe(b, "workflow:1")
+    hub.subscribe(c, "workflow:2")
+    publication = _publication("workflow:1")
+    assert hub.fan_out(publication) == 2
+    assert _writes(a) == [publication.payload]
+    assert _writes(b) == [publication.payload]
+    assert _writes(c) == []
+
+
+def test_fan_out_to_channel_without_subscribers_reaches_nobody() -> None:
+    hub = Hub()
+    hub.add(_session("a"))
+    assert hub.fan_out(_publication("workflow:9")) == 0
+
+
+def test_fan_out_survives_a_recipient_unsubscribing_during_delivery() -> None:
+    hub = Hub()
+    holder: list[Session] = []
+    writer = ListWriter(on_write=lambda: hub.remove(holder[0]))
+    leaving = _session("leaving", writer=writer)
+    holder.append(leaving)
+    staying = _session("staying")
+    for session in (leaving, staying):
+        hub.add(session)
+        hub.subscribe(session, "workflow:1")
+    assert hub.fan_out(_publication()) == 2
+    assert len(_writes(staying)) == 1
+    assert hub.subscribers("workflow:1") == 1
+
+
+def test_subscribe_reports_first_local_subscriber() -> None:
+    hub = Hub()
+    a, b = _session("a"), _session("b")
+    assert hub.subscribe(a, "workflow:1") is True
+    assert hub.subscribe(b, "workflow:1") is False
+    assert hub.subscribe(a, "workflow:1") is False  # already subscribed
+    assert hub.subscribers("workflow:1") == 2
+    assert a.channels == {"workflow:1"}
+
+
+def test_unsubscribe_reports_last_local_subscriber() -> None:
+    hub = Hub()
+    a, b = _session("a"), _session("b")
+    hub.subscribe(a, "workflow:1")
+    hub.subscribe(b, "workflow:1")
+    assert hub.unsubscribe(a, "workflow:1") is False
+    assert hub.unsubscribe(b, "workflow:1") is True
+    assert hub.channel_count == 0
+    assert b.channels == set()
+
+
+def test_unsubscribe_from_channel_not_subscribed_is_a_no_op() -> None:
+    hub = Hub()
+    a, b = _session("a"), _session("b")
+    hub.subscribe(b, "workflow:1")
+    assert hub.unsubscribe(a, "workflow:1") is False
+    assert hub.unsubscribe(a, "workflow:never") is False
+    assert hub.subscribers("workflow:1") == 1
+
+
+def test_add_registers_by_push_ref_and_user() -> None:
+    hub = Hub()
+    a1, a2, b = _session("t1", "alice"), _session("t2", "alice"), _session("t3", "bob")
+    for session in (a1, a2, b):
+        assert hub.add(session) is None
+    assert len(hub) == 3
+    assert hub.session("t2") is a2
+    assert hub.session("nope") is None
+    assert hub.user_session_count("alice") == 2
+    assert hub.user_session_count("bob") == 1
+    assert hub.user_session_count("carol") == 0
+    assert set(hub.sessions()) == {a1, a2, b}
+
+
+def test_add_with_same_push_ref_returns_the_replaced_session() -> None:
+    hub = Hub()
+    old, new = _session("tab"), _session("tab")
+    hub.add(old)
+    assert hub.add(new) is old
+    assert hub.session("tab") is new
+    assert len(hub) == 1
+
+
+def test_removing_replaced_session_keeps_its_successor() -> None:
+    hub = Hub()
+    old, new = _session("tab"), _session("tab")
+    hub.add(old)
+    hub.subscribe(old, "workflow:1")
+    hub.add(new)
+    hub.subscribe(new, "workflow:1")
+    assert hub.remove(old) == []  # the successor still subscribes
+    assert hub.session("tab") is new
+    assert hub.user_session_count("alice") == 1
+    assert hub.subscribers("workflow:1") == 1
+
+
+def test_remove_unregisters_and_returns_emptied_channels() -> None:
+    hub = Hub()
+    a, b = _session("a", "alice"), _session("b", "bob")
+    hub.add(a)
+    hub.add(b)
+    for channel in ("workflow:1", "workflow:2", "user:alice"):
+        hub.subscribe(a, channel)
+    hub.subscribe(b, "workflow:1")
+    emptied = hub.remove(a)
+    assert sorted(emptied) == ["user:alice", "workflow:2"]
+    assert a.channels == set()
+    assert hub.session("a") is None
+    assert hub.user_session_count("alice") == 0
+    assert hub.channel_count == 1
+    assert hub.fan_out(_publication("workflow:2")) == 0
+    assert len(hub) == 1
+
+
+def test_remove_twice_is_harmless() -> None:
+    hub = Hub()
+    a = _session("a")
+    hub.add(a)
+    hub.subscribe(a, "workflow:1")
+    assert hub.remove(a) == ["workflow:1"]
+    assert hub.remove(a) == []
+    assert len(hub) == 0
+
+
+def test_sessions_snapshot_allows_removal_while_iterating() -> None:
+    hub = Hub()
+    for name in ("a", "b", "c"):
+        hub.add(_session(name))
+    for session in hub.sessions():
+        hub.remove(session)
+    assert len(hub) == 0
+
+
+def test_channel_count_counts_channels_with_local_subscribers() -> None:
+    hub = Hub()
+    a = _session("a")
+    hub.subscribe(a, "workflow:1")
+    hub.subscribe(a, "workflow:2")
+    assert hub.channel_count == 2
+    assert hub.subscribers("workflow:3") == 0

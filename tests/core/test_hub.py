@@ -211,3 +211,21 @@ def test_channel_count_counts_channels_with_local_subscribers() -> None:
     hub.subscribe(a, "workflow:2")
     assert hub.channel_count == 2
     assert hub.subscribers("workflow:3") == 0
+
+
+def test_a_failing_delivery_does_not_stop_fan_out_to_the_others() -> None:
+    """A session whose transport raises is closed; every other subscriber still receives."""
+
+    def explode() -> None:
+        raise RuntimeError("transport blew up")
+
+    hub = Hub()
+    broken = _session("broken", writer=ListWriter(on_write=explode))
+    healthy = [_session(f"ok{i}") for i in range(3)]
+    for session in (healthy[0], broken, *healthy[1:]):
+        hub.subscribe(session, "workflow:1")
+    assert hub.fan_out(_publication()) == 4
+    assert broken.closed
+    assert broken.close_code is CloseCode.INTERNAL_ERROR
+    for session in healthy:
+        assert _writes(session) == [_publication().payload]

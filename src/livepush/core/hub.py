@@ -6,10 +6,14 @@ Nothing scans all connections.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 from livepush.core.session import Session
 from livepush.protocol.envelope import Publication
+from livepush.protocol.errors import CloseCode
+
+log = logging.getLogger(__name__)
 
 
 class Hub:
@@ -28,7 +32,12 @@ class Hub:
         # A copy, because a delivery can close a slow session, which may unsubscribe it.
         recipients = tuple(subscribers)
         for session in recipients:
-            session.deliver(publication)
+            try:
+                session.deliver(publication)
+            except Exception:
+                # One broken connection must not stop the fan-out to the others.
+                log.exception("delivery of %r to %r failed; closing it", publication, session)
+                session.close(CloseCode.INTERNAL_ERROR, "internal error", flush=False)
         return len(recipients)
 
     def add(self, session: Session) -> Session | None:

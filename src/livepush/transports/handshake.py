@@ -12,6 +12,7 @@ from aiohttp import hdrs, web
 from livepush.auth.origin import check_origin
 from livepush.auth.tokens import Identity
 from livepush.core.node import Node
+from livepush.core.session import FrameWriter, Session
 from livepush.http.errors import json_error
 from livepush.protocol.channels import parse_channel, validate_push_ref
 from livepush.protocol.envelope import StreamPosition
@@ -40,6 +41,12 @@ class Handshake:
     identity: Identity
     channels: list[str]
     resume: dict[str, StreamPosition]
+
+    async def open_session(self, node: Node, writer: FrameWriter) -> Session:
+        """Register the accepted connection with the node, over the transport's writer."""
+        return await node.open_session(
+            self.push_ref, self.identity, writer, channels=self.channels, resume=self.resume
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -137,13 +137,7 @@ async def serve_sse(
     await response.prepare(request)
     await response.write(b":ok\nretry: %d\n\n" % retry_ms)
     writer = SseFrameWriter(request, chunked)
-    session = await node.open_session(
-        handshake.push_ref,
-        handshake.identity,
-        writer,
-        channels=handshake.channels,
-        resume=handshake.resume,
-    )
+    session = await handshake.open_session(node, writer)
     streams.add(writer)
     try:
         await writer.closed

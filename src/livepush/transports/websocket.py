@@ -143,13 +143,7 @@ async def serve_websocket(
     )
     await ws.prepare(request)
     writer = WebSocketFrameWriter(ws, request)
-    session = await node.open_session(
-        handshake.push_ref,
-        handshake.identity,
-        writer,
-        channels=handshake.channels,
-        resume=handshake.resume,
-    )
+    session = await handshake.open_session(node, writer)
     try:
         await _read_loop(ws, node, session, writer)
     finally:

@@ -206,7 +206,6 @@ def test_uncoercible_toml_value_refused_naming_the_setting(tmp_path: Path) -> No
         ("engine", "redis"),
         ("rest_prefix", "rest"),
         ("ping_interval", "0"),
-        ("sse_ping_interval", "-1"),
         ("history_ttl", "0"),
         ("rate_limit", "0"),
         ("max_queue_messages", "0"),

@@ -51,8 +51,11 @@ class Config:
     )
     trust_proxy: bool = _opt(False, "take the host from Forwarded / X-Forwarded-Host")
 
-    ping_interval: float = _opt(25.0, "seconds between WebSocket pings (pong due in half)")
-    sse_ping_interval: float = _opt(25.0, "seconds between SSE comment pings")
+    ping_interval: float = _opt(
+        25.0,
+        "seconds between keep-alive pings (WebSocket ping frames, SSE comments); a WebSocket "
+        "peer that has not answered by the next ping is dropped",
+    )
     sse_retry_ms: int = _opt(2000, "reconnect delay suggested to EventSource clients")
     token_expiry_warning: float = _opt(30.0, "seconds before expiry a tokenExpiring is sent")
 
@@ -79,7 +82,7 @@ class Config:
         if not self.rest_prefix.startswith("/"):
             raise ValueError("rest_prefix must start with '/'")
         self.rest_prefix = self.rest_prefix.rstrip("/")
-        for name in ("ping_interval", "sse_ping_interval", "history_ttl", "rate_limit"):
+        for name in ("ping_interval", "history_ttl", "rate_limit"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         for name in ("max_queue_messages", "max_queue_bytes", "max_message_bytes"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from livepush.auth.tokens import Grants, Identity
@@ -180,7 +181,8 @@ def test_remove_unregisters_and_returns_emptied_channels() -> None:
     assert a.channels == set()
     assert hub.session("a") is None
     assert hub.user_session_count("alice") == 0
-    assert hub.channel_count == 1
+    # workflow:1 (b's), plus b's own push channel: every connection counts for one.
+    assert hub.channel_count == 2
     assert hub.fan_out(_publication("workflow:2")) == 0
     assert len(hub) == 1
 
@@ -229,3 +231,28 @@ def test_a_failing_delivery_does_not_stop_fan_out_to_the_others() -> None:
     assert broken.close_code is CloseCode.INTERNAL_ERROR
     for session in healthy:
         assert _writes(session) == [_publication().payload]
+
+
+async def test_publications_of_one_loop_iteration_leave_in_one_write() -> None:
+    """Write coalescing: two publications fanned out in the same iteration reach a connection
+    as one write holding both frames in order, flushed by the end of the iteration."""
+    hub = Hub()
+    session = _session("a")
+    hub.subscribe(session, "workflow:1")
+    first, second = _publication(offset=1), _publication(offset=2)
+    hub.fan_out(first)
+    hub.fan_out(second)
+    assert _writes(session) == []
+    await asyncio.sleep(0)
+    assert _writes(session) == [first.payload + second.payload]
+
+
+async def test_control_message_flushes_staged_publications_first() -> None:
+    hub = Hub()
+    session = _session("a")
+    hub.subscribe(session, "workflow:1")
+    hub.fan_out(_publication(offset=1))
+    session.send_control(b"reply")
+    assert _writes(session) == [_publication(offset=1).payload, b"reply"]
+    await asyncio.sleep(0)
+    assert len(_writes(session)) == 2

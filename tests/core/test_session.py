@@ -511,17 +511,6 @@ async def test_second_close_is_ignored() -> None:
     assert session.close_code is CloseCode.NORMAL
 
 
-async def test_close_cancels_token_expiry_timer() -> None:
-    writer = RecordingWriter()
-    session = _session(writer)
-    fired: list[bool] = []
-    handle = asyncio.get_running_loop().call_later(0.05, fired.append, True)
-    session.expiry_handle = handle
-    session.close(CloseCode.NORMAL, "bye")
-    assert handle.cancelled()
-    assert session.expiry_handle is None
-
-
 # -- recovery hand-over -------------------------------------------------------------------------
 
 
@@ -535,7 +524,8 @@ async def test_release_delivers_missed_then_newer_held_publications() -> None:
     assert writer.writes == []
     missed = [_reliable(offset) for offset in (2, 3, 4, 5)]
     session.release("workflow:1", missed, after_offset=1)
-    assert writer.writes == [_frame(_reliable(i)) for i in (2, 3, 4, 5, 6)]
+    # One coalesced write holding every frame, in order.
+    assert writer.writes == [b"".join(_frame(_reliable(i)) for i in (2, 3, 4, 5, 6))]
 
 
 async def test_release_without_missed_drops_held_at_or_before_after_offset() -> None:
@@ -555,7 +545,7 @@ async def test_release_keeps_held_ephemeral_publications() -> None:
     session.deliver(_reliable(2))
     session.deliver(_ephemeral(1, key=None))
     session.release("workflow:1", [_reliable(2)], after_offset=1)
-    assert writer.writes == [_frame(_reliable(2)), _frame(_ephemeral(1, key=None))]
+    assert writer.writes == [_frame(_reliable(2)) + _frame(_ephemeral(1, key=None))]
 
 
 async def test_release_with_unknown_position_delivers_every_held_publication() -> None:
@@ -590,8 +580,7 @@ async def test_holding_two_channels_releases_each_independently() -> None:
     assert len(writer.writes) == 1
     session.release("workflow:1", [], after_offset=0)
     assert writer.writes[1:] == [
-        _frame(_reliable(1, channel="workflow:1")),
-        _frame(_reliable(2, channel="workflow:1")),
+        _frame(_reliable(1, channel="workflow:1")) + _frame(_reliable(2, channel="workflow:1")),
     ]
     session.deliver(_reliable(3, channel="workflow:1"))  # no longer held
     assert writer.writes[-1] == _frame(_reliable(3, channel="workflow:1"))

@@ -165,7 +165,7 @@ async def test_post_commands_refuse_other_users_and_unknown_sessions(
 async def test_sse_comment_pings_keep_the_stream_alive(
     server_factory: ServerFactory, http: aiohttp.ClientSession
 ):
-    server = await server_factory(sse_ping_interval=0.2)
+    server = await server_factory(ping_interval=0.2)
     reader = await open_stream(http, server, "tab1")
     await reader.message_of_type("connected")
     while True:

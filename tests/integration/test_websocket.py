@@ -402,7 +402,7 @@ async def test_expired_token_closes_connection_with_4001(server_factory: ServerF
 
 async def test_refreshed_token_keeps_connection_open(server_factory: ServerFactory, http):
     server = await server_factory(jwt_leeway=0, token_expiry_warning=0.3)
-    ws = await http.ws_connect(server.push_url("tab1", server.token(ttl=1)))
+    ws = await http.ws_connect(server.push_url("tab1", server.token(ttl=2)))
     await receive_json(ws)
     await receive_until(ws, "tokenExpiring", timeout=3)
     reply = await command(ws, {"type": "refresh", "id": 1, "token": server.token(ttl=60)})
@@ -424,6 +424,28 @@ async def test_server_pings_and_drops_a_peer_that_never_answers(
     assert ping.type is aiohttp.WSMsgType.PING
     await expect_close(ws, timeout=3)
     assert ws.closed
+
+
+async def test_a_client_that_answers_pings_stays_connected(server_factory: ServerFactory, http):
+    server = await server_factory(ping_interval=0.1)
+    ws = await http.ws_connect(server.push_url("tab1", server.token()))
+    await receive_json(ws)
+    # aiohttp's client answers pings from inside receive(), so keep a reader running, as any
+    # real client does.
+    frames: list[str] = []
+
+    async def read() -> None:
+        async for message in ws:
+            frames.append(message.data)
+
+    reader = asyncio.create_task(read())
+    await asyncio.sleep(0.6)
+    await ws.send_str(json.dumps({"type": "ping", "id": 1}))
+    await asyncio.sleep(0.1)
+    assert not ws.closed
+    assert json.loads(frames[-1]) == {"type": "reply", "id": 1, "data": {}}
+    await ws.close()
+    await reader
 
 
 async def test_metrics_count_connections_messages_and_errors(server: RunningServer, http):

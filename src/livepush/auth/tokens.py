@@ -9,6 +9,7 @@ public key or JWKS and nothing else. A PEM key is therefore never usable as an H
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ class AuthError(ProtocolError):
     """A token was missing, invalid or expired."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class Grants:
     """What a token allows, parsed once from its claims: channel ids per kind, `*` for any."""
 
@@ -62,7 +63,17 @@ class Grants:
             kind, sep, ident = pattern.partition(":")
             if sep and kind in KINDS and ident:
                 by_kind.setdefault(kind, set()).add(ident)
-        return cls(admin, {k: frozenset(v) for k, v in by_kind.items() if v})
+        key = (admin, tuple(sorted((k, tuple(sorted(v))) for k, v in by_kind.items() if v)))
+        grants = _GRANTS.get(key)
+        if grants is None:
+            # Connections with the same permissions (every tab of a user, users of one role)
+            # share one Grants object.
+            grants = cls(admin, {k: frozenset(ids) for k, ids in key[1]})
+            _GRANTS[key] = grants
+        return grants
+
+
+_GRANTS: weakref.WeakValueDictionary[tuple[object, ...], Grants] = weakref.WeakValueDictionary()
 
 
 def _string_list(value: object) -> Iterable[str]:

@@ -1,11 +1,17 @@
 """Local routing: which of this node's sessions want which channel.
 
 Every lookup is a dict access: a channel's subscribers, a pushRef's session, a user's sessions.
-Nothing scans all connections.
+Nothing scans all connections. A `push:<pushRef>` channel has exactly one possible subscriber,
+so it is routed through the pushRef index rather than a subscriber set of its own (one set less
+per connection).
+
+Fan-out stages a publication on each subscriber and schedules one flush for the end of the
+event-loop iteration: everything a connection receives in one iteration goes out in one write.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator
 
@@ -15,6 +21,8 @@ from livepush.protocol.errors import CloseCode
 
 log = logging.getLogger(__name__)
 
+_PUSH = "push:"
+
 
 class Hub:
     """Channel -> sessions, pushRef -> session, user -> sessions, for one node."""
@@ -23,22 +31,55 @@ class Hub:
         self._channels: dict[str, dict[Session, None]] = {}
         self._by_push_ref: dict[str, Session] = {}
         self._by_user: dict[str, dict[Session, None]] = {}
+        self._dirty: list[Session] = []
+        self._flush_scheduled = False
 
     def fan_out(self, publication: Publication) -> int:
-        """Hand a publication to every local subscriber of its channel; returns how many."""
-        subscribers = self._channels.get(publication.channel)
-        if not subscribers:
-            return 0
-        # A copy, because a delivery can close a slow session, which may unsubscribe it.
-        recipients = tuple(subscribers)
+        """Stage a publication on every local subscriber of its channel; returns how many."""
+        channel = publication.channel
+        if channel.startswith(_PUSH):
+            session = self._by_push_ref.get(channel[5:])
+            if session is None or channel not in session.channels:
+                return 0
+            recipients: tuple[Session, ...] = (session,)
+        else:
+            subscribers = self._channels.get(channel)
+            if not subscribers:
+                return 0
+            # A copy: a session closed during this loop may unsubscribe.
+            recipients = tuple(subscribers)
+        dirty = self._dirty
         for session in recipients:
             try:
-                session.deliver(publication)
+                if session.stage(publication):
+                    dirty.append(session)
             except Exception:
-                # One broken connection must not stop the fan-out to the others.
-                log.exception("delivery of %r to %r failed; closing it", publication, session)
-                session.close(CloseCode.INTERNAL_ERROR, "internal error", flush=False)
+                self._failed(session, publication)
+        if dirty and not self._flush_scheduled:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no event loop (plain function call): write at once
+                self.flush()
+            else:
+                self._flush_scheduled = True
+                loop.call_soon(self.flush)
         return len(recipients)
+
+    def flush(self) -> None:
+        """Write what was staged on every session in this iteration."""
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for session in dirty:
+            try:
+                session.flush()
+            except Exception:
+                self._failed(session, None)
+
+    @staticmethod
+    def _failed(session: Session, publication: Publication | None) -> None:
+        # One broken connection must not stop the fan-out to the others.
+        log.exception("delivery of %r to %r failed; closing it", publication, session)
+        session.close(CloseCode.INTERNAL_ERROR, "internal error", flush=False)
 
     def add(self, session: Session) -> Session | None:
         """Register a session; returns the session it replaces (same pushRef), if any."""
@@ -62,17 +103,23 @@ class Hub:
 
     def subscribe(self, session: Session, channel: str) -> bool:
         """Add a subscription; True when it is the channel's first local subscriber."""
+        session.channels.add(channel)
+        if channel.startswith(_PUSH):
+            return True
         subscribers = self._channels.get(channel)
         first = subscribers is None
         if subscribers is None:
             subscribers = self._channels[channel] = {}
         subscribers[session] = None
-        session.channels.add(channel)
         return first
 
     def unsubscribe(self, session: Session, channel: str) -> bool:
         """Remove a subscription; True when the channel has no local subscriber left."""
+        if channel not in session.channels:
+            return False
         session.channels.discard(channel)
+        if channel.startswith(_PUSH):
+            return self._by_push_ref.get(channel[5:]) in (session, None)
         subscribers = self._channels.get(channel)
         if subscribers is None or session not in subscribers:
             return False
@@ -96,12 +143,16 @@ class Hub:
 
     def subscribers(self, channel: str) -> int:
         """How many local sessions subscribe to a channel."""
+        if channel.startswith(_PUSH):
+            session = self._by_push_ref.get(channel[5:])
+            return int(session is not None and channel in session.channels)
         return len(self._channels.get(channel, ()))
 
     @property
     def channel_count(self) -> int:
-        """Channels with at least one local subscriber."""
-        return len(self._channels)
+        """Channels with at least one local subscriber (each connection's own `push:` channel
+        counted as one)."""
+        return len(self._channels) + len(self._by_push_ref)
 
     def __len__(self) -> int:
         return len(self._by_push_ref)

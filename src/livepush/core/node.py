@@ -17,6 +17,7 @@ from typing import Any
 
 from livepush.auth.policy import AuthorizationPolicy, ClaimsPolicy
 from livepush.auth.tokens import Identity, TokenVerifier
+from livepush.core.deadlines import Deadlines
 from livepush.core.hub import Hub
 from livepush.core.ratelimit import RateDecision
 from livepush.core.session import FrameWriter, Session, SessionLimits
@@ -115,16 +116,29 @@ class Node:
         self.metrics = metrics or Metrics()
         self.hub = Hub()
         self.draining = False
+        self.deadlines = Deadlines()
+        self._tasks: list[asyncio.Task[None]] = []
         self._drained = asyncio.Event()
         self.broker.set_handler(self._on_publication)
 
     async def start(self) -> None:
-        """Start the engine."""
+        """Start the engine and the node's timers (token expiry, keep-alive)."""
         await self.broker.start()
         await self.presence.start()
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._tick_deadlines()),
+            loop.create_task(self._keepalive()),
+        ]
 
     async def close(self) -> None:
-        """Stop the engine and the policy's resources."""
+        """Stop the timers, the engine and the policy's resources."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
         await self.policy.close()
         await self.presence.close()
         await self.broker.close()
@@ -267,9 +281,7 @@ class Node:
 
     async def close_session(self, session: Session) -> None:
         """Unregister a connection whose transport has ended."""
-        if session.expiry_handle is not None:
-            session.expiry_handle.cancel()
-            session.expiry_handle = None
+        self.deadlines.cancel(session)
         if not session.closed:
             session.closed = True
         reason = session.close_code.name.lower() if session.close_code else "client_closed"
@@ -377,39 +389,55 @@ class Node:
         session.mark(channel, None)
         return True
 
-    # -- tokens ------------------------------------------------------------------------------
+    # -- tokens and keep-alive ---------------------------------------------------------------
 
     def _schedule_expiry(self, session: Session) -> None:
-        if session.expiry_handle is not None:
-            session.expiry_handle.cancel()
-            session.expiry_handle = None
         expires_at = session.identity.expires_at
         if expires_at is None:
+            self.deadlines.cancel(session)
             return
-        loop = asyncio.get_running_loop()
-        delay = expires_at - time.time()
-        warn_in = delay - self.settings.token_expiry_warning
-        if delay > 0:
-            # Inside the warning window already: warn at once, so the client can refresh.
-            session.expiry_handle = loop.call_later(max(warn_in, 0.0), self._warn_expiry, session)
-        else:
-            session.expiry_handle = loop.call_later(0.0, self._expire, session)
+        warn_at = expires_at - self.settings.token_expiry_warning
+        self.deadlines.schedule(session, max(warn_at, time.time()))
 
-    def _warn_expiry(self, session: Session) -> None:
-        expires_at = session.identity.expires_at or time.time()
-        session.send_control(control_message("tokenExpiring", {"expiresAt": expires_at}))
-        session.expiry_handle = asyncio.get_running_loop().call_later(
-            max(expires_at - time.time(), 0.0), self._expire, session
-        )
-
-    def _expire(self, session: Session) -> None:
-        session.expiry_handle = None
+    def _on_deadline(self, session: Session) -> None:
         expires_at = session.identity.expires_at
-        if expires_at is not None and expires_at <= time.time() + 0.01:
+        if session.closed or expires_at is None:
+            return
+        if not session.warned:
+            # Always warned first, even at the last moment, so a client can refresh.
+            session.warned = True
+            session.send_control(control_message("tokenExpiring", {"expiresAt": expires_at}))
+            self.deadlines.schedule(session, expires_at)
+        elif expires_at <= time.time() + self.deadlines.resolution:
             session.send_control(error_message(ErrorCode.TOKEN_EXPIRED, "token expired"))
             session.close(CloseCode.TOKEN_EXPIRED, "token expired")
         else:
-            self._schedule_expiry(session)
+            self.deadlines.schedule(session, expires_at)
+
+    async def _tick_deadlines(self) -> None:
+        while True:
+            await asyncio.sleep(self.deadlines.resolution)
+            for session in self.deadlines.due(time.time()):
+                try:
+                    self._on_deadline(session)
+                except Exception:
+                    log.exception("token expiry of %r failed", session)
+
+    async def _keepalive(self) -> None:
+        """Ping every connection each `ping_interval`; drop the ones that did not answer the
+        previous ping. One timer for all connections instead of one per connection."""
+        while True:
+            await asyncio.sleep(self.settings.ping_interval)
+            for session in self.hub.sessions():
+                if session.closed:
+                    continue
+                try:
+                    alive = session.writer.ping()
+                except Exception:
+                    log.exception("ping of %r failed", session)
+                    alive = False
+                if not alive:
+                    session.close(CloseCode.ABNORMAL_CLOSURE, "no answer to ping", flush=False)
 
     def refresh(self, session: Session, token: str) -> Identity:
         """Swap a session's token for a fresh one of the same user."""
@@ -419,6 +447,7 @@ class Node:
                 ErrorCode.TOKEN_USER_MISMATCH, "a refreshed token must belong to the same user"
             )
         session.identity = identity
+        session.warned = False
         self._schedule_expiry(session)
         return identity
 

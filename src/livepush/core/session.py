@@ -1,12 +1,15 @@
 """A session is one connection's server-side state: who it is, what it is subscribed to, and
 its bounded outbound queue.
 
-Writing is direct while the socket keeps up: a publication goes from the hub straight into the
-transport's buffer with no queue, task or copy. Only when the transport pushes back (its buffer
-is over the high-water mark) do frames wait in the session's queue, drained by a task that
-exists only while there is a backlog. The queue is bounded in messages and bytes; ephemeral
-publications in it are coalesced by key and dropped first; when reliable messages alone exceed
-the bounds, the connection is closed as a slow consumer, and no other connection notices.
+Writes are coalesced per event-loop iteration: the hub stages publications on each session
+(`stage`) and flushes every touched session once at the end of the iteration, so the messages
+one connection gets in one iteration leave in one socket write (one system call) instead of
+one each, with no added latency. While the socket keeps up, that write goes straight into the
+transport. Only when the transport pushes back (its buffer is over the high-water mark) do
+messages wait in the session's queue, drained by a task that exists only while there is a
+backlog. The queue is bounded in messages and bytes; ephemeral publications in it are
+coalesced by key and dropped first; when reliable messages alone exceed the bounds, the
+connection is closed as a slow consumer, and no other connection notices.
 """
 
 from __future__ import annotations
@@ -61,6 +64,10 @@ class FrameWriter(Protocol):
         """Wait until the transport accepts more data (raises if the connection is lost)."""
         ...
 
+    def ping(self) -> bool:
+        """Keep-alive: ping the peer; False when the previous ping was never answered."""
+        ...
+
     def close(self, code: CloseCode, reason: str) -> None:
         """Close the connection (after everything written so far)."""
         ...
@@ -104,6 +111,7 @@ class Session:
         "_closing",
         "_flusher",
         "_keyed",
+        "_pending",
         "_queue",
         "_queued_bytes",
         "_recovering",
@@ -112,12 +120,13 @@ class Session:
         "close_reason",
         "closed",
         "connected_at",
-        "expiry_handle",
+        "deadline",
         "identity",
         "limits",
         "metrics",
         "push_ref",
         "rate",
+        "warned",
         "writer",
     )
 
@@ -140,10 +149,16 @@ class Session:
         self.close_code: CloseCode | None = None
         self.close_reason = ""
         self.connected_at = time.time()
-        self.expiry_handle: asyncio.TimerHandle | None = None
-        self._queue: deque[_Item] = deque()
+        #: Token expiry bookkeeping of the node's `Deadlines` (a slot key, and whether the
+        #: client has been warned).
+        self.deadline: int | None = None
+        self.warned = False
+        # Staged publications of this loop iteration, the backlog queue and its coalescing
+        # index, and held channels: all created on first use, so an idle connection has none.
+        self._pending: list[Publication] | None = None
+        self._queue: deque[_Item] | None = None
         self._queued_bytes = 0
-        self._keyed: dict[tuple[str, str], _Item] = {}
+        self._keyed: dict[tuple[str, str], _Item] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._recovering: dict[str, list[Publication]] | None = None
         self._closing = False
@@ -156,32 +171,58 @@ class Session:
     @property
     def queued(self) -> tuple[int, int]:
         """Messages and bytes waiting in the outbound queue."""
-        return len(self._queue), self._queued_bytes
+        return len(self._queue or ()), self._queued_bytes
 
     # -- outbound ----------------------------------------------------------------------------
 
-    def deliver(self, publication: Publication) -> None:
-        """Send a publication now if the socket keeps up, else queue it (bounded)."""
+    def stage(self, publication: Publication) -> bool:
+        """Add a publication to this iteration's batch; True when the session needs a flush
+        (it had nothing staged before)."""
         if self.closed:
-            return
+            return False
         recovering = self._recovering
         if recovering is not None and publication.channel in recovering:
             recovering[publication.channel].append(publication)
+            return False
+        pending = self._pending
+        if pending is None:
+            self._pending = [publication]
+            return True
+        pending.append(publication)
+        return False
+
+    def flush(self) -> None:
+        """Write the staged publications: one socket write if the socket keeps up, else into
+        the bounded queue."""
+        pending = self._pending
+        if pending is None:
             return
-        if not self._queue and not self.writer.paused:
-            if not self.writer.write(self.writer.encode(publication)):
+        self._pending = None
+        if self.closed:
+            return
+        writer = self.writer
+        if self._queue is None and not writer.paused:
+            if len(pending) == 1:
+                data = writer.encode(pending[0])
+            else:
+                data = b"".join([writer.encode(publication) for publication in pending])
+            if not writer.write(data):
                 self._lost()
             return
-        key = None
-        if publication.priority is Priority.EPHEMERAL and publication.key is not None:
-            key = (publication.channel, publication.key)
-        self._enqueue(publication, len(publication.payload), key)
+        for publication in pending:
+            self._enqueue_publication(publication)
+
+    def deliver(self, publication: Publication) -> None:
+        """Send one publication now (after anything staged), or queue it."""
+        self.stage(publication)
+        self.flush()
 
     def send_control(self, payload: bytes) -> None:
         """Send a control message (reply, error...) in order with publications; never dropped."""
+        self.flush()
         if self.closed:
             return
-        if not self._queue and not self.writer.paused:
+        if self._queue is None and not self.writer.paused:
             if not self.writer.write(self.writer.encode_control(payload)):
                 self._lost()
             return
@@ -191,14 +232,23 @@ class Session:
         """Record, in stream order, the client's position in a channel (None: left it)."""
         if self.closed or not self.writer.tracks_positions:
             return
-        if not self._queue and not self.writer.paused:
+        self.flush()
+        if self._queue is None and not self.writer.paused:
             if not self.writer.write(self.writer.encode_mark(channel, position)):
                 self._lost()
             return
         self._enqueue(_Mark(channel, position), 0, None)
 
+    def _enqueue_publication(self, publication: Publication) -> None:
+        key = None
+        if publication.priority is Priority.EPHEMERAL and publication.key is not None:
+            key = (publication.channel, publication.key)
+        self._enqueue(publication, len(publication.payload), key)
+
     def _enqueue(self, payload: _Payload, size: int, key: tuple[str, str] | None) -> None:
-        if key is not None:
+        if self.closed:
+            return
+        if key is not None and self._keyed is not None:
             queued = self._keyed.get(key)
             if queued is not None:
                 if self._queued_bytes - queued.size + size > self.limits.max_queue_bytes:
@@ -210,19 +260,22 @@ class Session:
                 self.metrics.dropped("coalesced")
                 return
         limits = self.limits
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
         if (
-            len(self._queue) >= limits.max_queue_messages
+            len(queue) >= limits.max_queue_messages
             or self._queued_bytes + size > limits.max_queue_bytes
         ):
             if isinstance(payload, Publication) and payload.priority is Priority.EPHEMERAL:
                 self.metrics.dropped("queue_full")
                 return
-            self._drop_ephemeral()
+            queue = self._drop_ephemeral()
             if (
-                len(self._queue) >= limits.max_queue_messages
+                len(queue) >= limits.max_queue_messages
                 or self._queued_bytes + size > limits.max_queue_bytes
             ):
-                self.metrics.dropped("slow_consumer", len(self._queue) + 1)
+                self.metrics.dropped("slow_consumer", len(queue) + 1)
                 self.close(
                     CloseCode.SLOW_CONSUMER,
                     f"slow consumer: outbound queue over {limits.max_queue_messages} messages"
@@ -231,29 +284,32 @@ class Session:
                 )
                 return
         item = _Item(payload, size, key)
-        self._queue.append(item)
+        queue.append(item)
         self._queued_bytes += size
         if key is not None:
+            if self._keyed is None:
+                self._keyed = {}
             self._keyed[key] = item
         if self._flusher is None:
-            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+            self._flusher = asyncio.get_running_loop().create_task(self._drain_queue())
 
-    def _drop_ephemeral(self) -> None:
+    def _drop_ephemeral(self) -> deque[_Item]:
         kept: deque[_Item] = deque()
         dropped = 0
-        for item in self._queue:
+        for item in self._queue or ():
             payload = item.payload
             if isinstance(payload, Publication) and payload.priority is Priority.EPHEMERAL:
                 dropped += 1
                 self._queued_bytes -= item.size
             else:
                 kept.append(item)
+        self._queue = kept
         if dropped:
-            self._queue = kept
-            self._keyed.clear()
+            self._keyed = None
             self.metrics.dropped("queue_full", dropped)
+        return kept
 
-    async def _flush(self) -> None:
+    async def _drain_queue(self) -> None:
         writer = self.writer
         try:
             while self._queue and not self.closed:
@@ -262,7 +318,7 @@ class Session:
                     continue
                 item = self._queue.popleft()
                 self._queued_bytes -= item.size
-                if item.key is not None:
+                if item.key is not None and self._keyed is not None:
                     self._keyed.pop(item.key, None)
                 payload = item.payload
                 if isinstance(payload, Publication):
@@ -280,20 +336,25 @@ class Session:
             return
         finally:
             self._flusher = None
+        if not self._queue:
+            # Back to direct writes.
+            self._queue = None
+            self._keyed = None
         if self._closing and not self.closed:
             self._finish_close()
+
+    def _discard_outbound(self) -> None:
+        self._pending = None
+        self._queue = None
+        self._keyed = None
+        self._queued_bytes = 0
 
     def _lost(self) -> None:
         if not self.closed:
             self.closed = True
-            if self.expiry_handle is not None:
-                self.expiry_handle.cancel()
-                self.expiry_handle = None
             self.close_code = self.close_code or CloseCode.GOING_AWAY
             self.close_reason = self.close_reason or "connection lost"
-            self._queue.clear()
-            self._keyed.clear()
-            self._queued_bytes = 0
+            self._discard_outbound()
 
     # -- recovery ----------------------------------------------------------------------------
 
@@ -312,24 +373,30 @@ class Session:
                 self._recovering = None
         last = after_offset
         for publication in missed:
-            self.deliver(publication)
+            self.stage(publication)
             last = publication.offset
         for publication in held:
             if publication.offset is None or last is None or publication.offset > last:
-                self.deliver(publication)
+                self.stage(publication)
+        self.flush()
 
     # -- closing -----------------------------------------------------------------------------
 
     def close(self, code: CloseCode, reason: str, *, flush: bool = True) -> None:
-        """Close the connection; with `flush`, after the queued messages are written."""
+        """Close the connection; with `flush`, after the staged and queued messages are
+        written."""
         if self.closed or self._closing:
             if not flush and not self.closed:
                 self._finish_close(code, reason)
             return
         self.close_code, self.close_reason = code, reason
-        if flush and self._queue:
-            self._closing = True
-            return
+        if flush:
+            self.flush()
+            if self.closed:
+                return
+            if self._queue:
+                self._closing = True
+                return
         self._finish_close()
 
     def _finish_close(self, code: CloseCode | None = None, reason: str | None = None) -> None:
@@ -338,12 +405,7 @@ class Session:
         if reason is not None:
             self.close_reason = reason
         self.closed = True
-        self._queue.clear()
-        self._keyed.clear()
-        self._queued_bytes = 0
-        if self.expiry_handle is not None:
-            self.expiry_handle.cancel()
-            self.expiry_handle = None
+        self._discard_outbound()
         self.writer.close(self.close_code or CloseCode.NORMAL, self.close_reason)
 
     def __repr__(self) -> str:

@@ -23,8 +23,8 @@ def new_epoch() -> str:
 class _Stream:
     __slots__ = ("epoch", "history", "offset", "touched")
 
-    def __init__(self) -> None:
-        self.epoch = new_epoch()
+    def __init__(self, epoch: str) -> None:
+        self.epoch = epoch
         self.offset = 0
         self.history: deque[Publication] = deque()
         self.touched = time.monotonic()
@@ -44,6 +44,11 @@ class MemoryBroker(Broker):
         self._stream_ttl = max(stream_ttl, history_ttl)
         self._streams: dict[str, _Stream] = {}
         self._last_sweep = time.monotonic()
+        # Channels that were never published to have no stream (a subscriber alone costs
+        # nothing here): they stand at offset 0 of the broker's current epoch, and a stream
+        # created later starts from there. Forgetting a stream rotates the epoch, so a stream
+        # created again can never be mistaken for the one that was forgotten.
+        self._epoch = new_epoch()
 
     async def publish(self, publication: Publication) -> Publication:
         """See `Broker.publish`."""
@@ -69,12 +74,17 @@ class MemoryBroker(Broker):
 
     async def position(self, channel: str) -> StreamPosition:
         """See `Broker.position`."""
-        stream = self._stream(channel)
+        stream = self._streams.get(channel)
+        if stream is None:
+            return StreamPosition(self._epoch, 0)
         return StreamPosition(stream.epoch, stream.offset)
 
     async def recover(self, channel: str, since: StreamPosition, limit: int) -> Recovery:
         """See `Broker.recover`."""
-        stream = self._stream(channel)
+        stream = self._streams.get(channel)
+        if stream is None:
+            top = StreamPosition(self._epoch, 0)
+            return Recovery(top, [], since == top)
         self._trim(stream, time.time())
         top = StreamPosition(stream.epoch, stream.offset)
         if since.epoch != stream.epoch or since.offset > stream.offset:
@@ -93,7 +103,7 @@ class MemoryBroker(Broker):
             self._sweep(now)
         stream = self._streams.get(channel)
         if stream is None:
-            stream = self._streams[channel] = _Stream()
+            stream = self._streams[channel] = _Stream(self._epoch)
         stream.touched = now
         return stream
 
@@ -108,6 +118,8 @@ class MemoryBroker(Broker):
         idle = [name for name, s in self._streams.items() if now - s.touched > self._stream_ttl]
         for name in idle:
             del self._streams[name]
+        if idle:
+            self._epoch = new_epoch()
 
     @property
     def stream_count(self) -> int:

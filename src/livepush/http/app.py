@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -28,13 +26,12 @@ from livepush.transports.handshake import (
     check_request_origin,
     error_response,
 )
-from livepush.transports.sse import SseFrameWriter, ping_streams, serve_sse
+from livepush.transports.sse import serve_sse
 from livepush.transports.websocket import serve_websocket
 
 log = logging.getLogger(__name__)
 
 NODE_KEY = web.AppKey("livepush.node", Node)
-STREAMS_KEY = web.AppKey("livepush.sse_streams", set[SseFrameWriter])
 MAX_COMMANDS_PER_POST = 100
 
 
@@ -86,7 +83,6 @@ def create_app(config: Config, node: Node | None = None) -> web.Application:
     node = node or build_node(config)
     app = web.Application(client_max_size=config.max_publish_bytes)
     app[NODE_KEY] = node
-    app[STREAMS_KEY] = set()
     handshake_settings = HandshakeSettings(
         tuple(config.allowed_origins), config.trust_proxy, config.auth_cookie
     )
@@ -109,15 +105,9 @@ def create_app(config: Config, node: Node | None = None) -> web.Application:
             return error_response(exc)
         if upgrade:
             return await serve_websocket(
-                request,
-                node,
-                handshake,
-                max_message_bytes=config.max_message_bytes,
-                ping_interval=config.ping_interval,
+                request, node, handshake, max_message_bytes=config.max_message_bytes
             )
-        return await serve_sse(
-            request, node, handshake, retry_ms=config.sse_retry_ms, streams=app[STREAMS_KEY]
-        )
+        return await serve_sse(request, node, handshake, retry_ms=config.sse_retry_ms)
 
     async def push_commands(request: web.Request) -> web.Response:
         """Commands of an SSE connection (same semantics as over WebSocket)."""
@@ -177,11 +167,7 @@ def create_app(config: Config, node: Node | None = None) -> web.Application:
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await node.start()
-        pinger = asyncio.create_task(ping_streams(app[STREAMS_KEY], config.sse_ping_interval))
         yield
-        pinger.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await pinger
         await node.close()
 
     app.cleanup_ctx.append(lifecycle)

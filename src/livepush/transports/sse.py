@@ -108,18 +108,17 @@ class SseFrameWriter:
         )
         self.closed.set_result(None)
 
-    def ping(self) -> None:
-        """A comment line that keeps proxies from timing the stream out."""
-        self.write(b":ping\n\n")
+    def ping(self) -> bool:
+        """A comment line that keeps proxies from timing the stream out (skipped while the
+        socket is backed up: the stream is not idle then). A dead SSE peer shows itself by
+        its connection closing, so this never reports one."""
+        if not self.paused:
+            self.write(b":ping\n\n")
+        return True
 
 
 async def serve_sse(
-    request: web.Request,
-    node: Node,
-    handshake: Handshake,
-    *,
-    retry_ms: int,
-    streams: set[SseFrameWriter],
+    request: web.Request, node: Node, handshake: Handshake, *, retry_ms: int
 ) -> web.StreamResponse:
     """Open the event stream and keep it until the client leaves or the server closes it."""
     response = web.StreamResponse(
@@ -138,23 +137,12 @@ async def serve_sse(
     await response.write(b":ok\nretry: %d\n\n" % retry_ms)
     writer = SseFrameWriter(request, chunked)
     session = await handshake.open_session(node, writer)
-    streams.add(writer)
     try:
         await writer.closed
     finally:
-        streams.discard(writer)
         if not writer.closed.done():
             writer.closed.set_result(None)
         if session.close_code is None:
             session.close_reason = "client closed"
         await node.close_session(session)
     return response
-
-
-async def ping_streams(streams: set[SseFrameWriter], interval: float) -> None:
-    """Ping every open stream each interval (one timer for all streams, not one per stream)."""
-    while True:
-        await asyncio.sleep(interval)
-        for writer in list(streams):
-            if not writer.paused:
-                writer.ping()

@@ -24,7 +24,6 @@ from typing import Any
 from aiohttp import WSMessage, WSMsgType, web
 
 from livepush.core.node import Node
-from livepush.core.session import Session
 from livepush.protocol.envelope import Publication, StreamPosition, error_message
 from livepush.protocol.errors import CloseCode, ErrorCode
 from livepush.transports.handshake import Handshake
@@ -32,6 +31,7 @@ from livepush.transports.handshake import Handshake
 log = logging.getLogger(__name__)
 
 _OP_TEXT = 0x81  # FIN + text opcode
+_PING_FRAME = b"\x89\x00"  # FIN + ping, empty payload
 
 
 #: A client that stopped reading gets this long to take its close frame before the socket is
@@ -66,7 +66,7 @@ class _CloseRequest:
 class WebSocketFrameWriter:
     """`FrameWriter` over an aiohttp WebSocket connection."""
 
-    __slots__ = ("_close_requested", "_protocol", "_transport", "_ws")
+    __slots__ = ("_close_requested", "_protocol", "_transport", "_ws", "awaiting_pong")
     transport = "websocket"
     tracks_positions = False
 
@@ -75,6 +75,8 @@ class WebSocketFrameWriter:
         self._transport: Any = request.transport
         self._protocol: Any = request.protocol
         self._close_requested = False
+        #: A ping was sent and nothing has come back from the peer since.
+        self.awaiting_pong = False
 
     def encode(self, publication: Publication) -> bytes:
         """The publication's frame, built by the first recipient and shared by all."""
@@ -99,9 +101,17 @@ class WebSocketFrameWriter:
     def write(self, data: bytes) -> bool:
         """Write bytes, unless the connection is closing."""
         transport = self._transport
-        if transport is None or transport.is_closing() or self._ws.closed:
+        if transport is None or transport.is_closing():
             return False
         transport.write(data)
+        return True
+
+    def ping(self) -> bool:
+        """Send a ping frame; False if the previous one is still unanswered."""
+        if self.awaiting_pong:
+            return False
+        self.awaiting_pong = True
+        self.write(_PING_FRAME)
         return True
 
     async def drain(self) -> None:
@@ -109,7 +119,12 @@ class WebSocketFrameWriter:
         await self._protocol._drain_helper()
 
     def close(self, code: CloseCode, reason: str) -> None:
-        """Ask the connection's read loop to close with this code and reason."""
+        """Ask the connection's read loop to close with this code and reason (a peer that
+        stopped answering pings is dropped at once, without a close handshake)."""
+        if code is CloseCode.ABNORMAL_CLOSURE:
+            if self._transport is not None:
+                self._transport.abort()
+            return
         reader = self._ws._reader
         if self._ws.closed or self._close_requested or reader is None:
             return
@@ -135,52 +150,51 @@ async def serve_websocket(
     handshake: Handshake,
     *,
     max_message_bytes: int,
-    ping_interval: float,
 ) -> web.WebSocketResponse:
-    """Upgrade, then read client messages until the connection ends."""
-    ws = web.WebSocketResponse(
-        heartbeat=ping_interval, max_msg_size=max_message_bytes, compress=False
-    )
+    """Upgrade, then read client messages until the connection ends.
+
+    Keep-alive pings come from the node's single keep-alive timer (aiohttp's per-connection
+    heartbeat timer is off); any frame from the client, a pong included, proves it alive.
+    """
+    ws = web.WebSocketResponse(max_msg_size=max_message_bytes, compress=False, autoping=False)
     await ws.prepare(request)
     writer = WebSocketFrameWriter(ws, request)
     session = await handshake.open_session(node, writer)
     try:
-        await _read_loop(ws, node, session, writer)
+        while True:
+            message = await ws.receive()
+            writer.awaiting_pong = False
+            kind = message.type
+            if kind is WSMsgType.TEXT:
+                await node.handle_message(session, message.data)
+            elif kind is WSMsgType.PING:
+                await ws.pong(message.data)
+            elif kind is WSMsgType.PONG:
+                continue
+            elif kind is WSMsgType.BINARY:
+                session.send_control(
+                    error_message(
+                        ErrorCode.BINARY_NOT_SUPPORTED, "send JSON commands as text frames"
+                    )
+                )
+            elif kind is WSMsgType.ERROR:
+                request_ = message.data
+                if isinstance(request_, _CloseRequest):
+                    if request_.code is CloseCode.SLOW_CONSUMER:
+                        writer.shut(request_.code, request_.reason)
+                    else:
+                        await ws.close(
+                            code=int(request_.code), message=request_.reason.encode()[:120]
+                        )
+                elif ws.close_code == CloseCode.MESSAGE_TOO_BIG:
+                    node.metrics.errors.labels(ErrorCode.MESSAGE_TOO_LARGE.value).inc()
+                    session.close_code = CloseCode.MESSAGE_TOO_BIG
+                    session.close_reason = "message too big"
+                break
+            else:  # CLOSE, CLOSING, CLOSED
+                break
     finally:
         if session.close_code is None and ws.close_code is not None:
-            _note_client_close(session, ws.close_code)
+            session.close_reason = f"client closed ({ws.close_code})"
         await node.close_session(session)
     return ws
-
-
-async def _read_loop(
-    ws: web.WebSocketResponse, node: Node, session: Session, writer: WebSocketFrameWriter
-) -> None:
-    while True:
-        message = await ws.receive()
-        kind = message.type
-        if kind is WSMsgType.TEXT:
-            await node.handle_message(session, message.data)
-        elif kind is WSMsgType.BINARY:
-            session.send_control(
-                error_message(ErrorCode.BINARY_NOT_SUPPORTED, "send JSON commands as text frames")
-            )
-        elif kind is WSMsgType.ERROR:
-            request = message.data
-            if isinstance(request, _CloseRequest):
-                if request.code is CloseCode.SLOW_CONSUMER:
-                    writer.shut(request.code, request.reason)
-                else:
-                    await ws.close(code=int(request.code), message=request.reason.encode()[:120])
-                return
-            if ws.close_code == CloseCode.MESSAGE_TOO_BIG:
-                node.metrics.errors.labels(ErrorCode.MESSAGE_TOO_LARGE.value).inc()
-                session.close_code = CloseCode.MESSAGE_TOO_BIG
-                session.close_reason = "message too big"
-            return
-        elif kind in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
-            return
-
-
-def _note_client_close(session: Session, code: int) -> None:
-    session.close_reason = f"client closed ({code})"

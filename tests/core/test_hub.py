@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from livepush.auth.tokens import Grants, Identity
 from livepush.core.hub import Hub
-from livepush.core.session import Session, SessionLimits
+from livepush.core.session import GONE, PAUSED, SENT, Session, SessionLimits
 from livepush.metrics import Metrics
 from livepush.protocol.envelope import Publication, StreamPosition
 from livepush.protocol.errors import CloseCode
@@ -32,6 +32,16 @@ class ListWriter:
 
     def encode_mark(self, channel: str, position: StreamPosition | None) -> bytes:
         return b""
+
+    def send(self, publications: list[Publication]) -> int:
+        # The session's hot path, built from the same parts a transport uses.
+        if self.paused:
+            return PAUSED
+        data = b"".join(self.encode(publication) for publication in publications)
+        return SENT if self.write(data) else GONE
+
+    def ping(self) -> bool:
+        return True
 
     def write(self, data: bytes) -> bool:
         self.writes.append(data)

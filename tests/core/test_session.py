@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Callable
 
 from livepush.auth.tokens import Grants, Identity
-from livepush.core.session import Session, SessionLimits
+from livepush.core.session import GONE, PAUSED, SENT, Session, SessionLimits
 from livepush.metrics import Metrics
 from livepush.protocol.envelope import Priority, Publication, StreamPosition
 from livepush.protocol.errors import CloseCode
@@ -36,6 +36,16 @@ class RecordingWriter:
     def encode_mark(self, channel: str, position: StreamPosition | None) -> bytes:
         where = "-" if position is None else f"{position.epoch}/{position.offset}"
         return f"M {channel} {where}".encode()
+
+    def send(self, publications: list[Publication]) -> int:
+        # The session's hot path, built from the same parts a transport uses.
+        if self.paused:
+            return PAUSED
+        data = b"".join(self.encode(publication) for publication in publications)
+        return SENT if self.write(data) else GONE
+
+    def ping(self) -> bool:
+        return True
 
     def write(self, data: bytes) -> bool:
         if self.gone:

@@ -43,6 +43,11 @@ class FrameWriter(Protocol):
         """Transport bytes for a publication (cached on the publication where shareable)."""
         ...
 
+    def send(self, publications: list[Publication]) -> int:
+        """The hot path: write publications in one write if the socket keeps up. Returns
+        `SENT`, `PAUSED` (nothing written: the caller queues them) or `GONE`."""
+        ...
+
     def encode_control(self, payload: bytes) -> bytes:
         """Transport bytes for a control message (reply, error...)."""
         ...
@@ -71,6 +76,10 @@ class FrameWriter(Protocol):
     def close(self, code: CloseCode, reason: str) -> None:
         """Close the connection (after everything written so far)."""
         ...
+
+
+#: Results of `FrameWriter.send`.
+SENT, PAUSED, GONE = 0, 1, 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,15 +209,13 @@ class Session:
         self._pending = None
         if self.closed:
             return
-        writer = self.writer
-        if self._queue is None and not writer.paused:
-            if len(pending) == 1:
-                data = writer.encode(pending[0])
-            else:
-                data = b"".join([writer.encode(publication) for publication in pending])
-            if not writer.write(data):
+        if self._queue is None:
+            result = self.writer.send(pending)
+            if result == SENT:
+                return
+            if result == GONE:
                 self._lost()
-            return
+                return
         for publication in pending:
             self._enqueue_publication(publication)
 

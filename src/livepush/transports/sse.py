@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from livepush.core.node import Node
+from livepush.core.session import GONE, PAUSED, SENT
 from livepush.protocol.envelope import Publication, StreamPosition, control_message
 from livepush.protocol.errors import CloseCode
 from livepush.protocol.resume import format_positions
@@ -57,6 +58,16 @@ class SseFrameWriter:
         self._positions[publication.channel] = StreamPosition(publication.epoch, publication.offset)
         self._id = format_positions(self._positions).encode()
         return b"id: " + self._id + b"\n" + data
+
+    def send(self, publications: list[Publication]) -> int:
+        """Write publications as events in one chunk (see `FrameWriter.send`)."""
+        if self.paused:
+            return PAUSED
+        if len(publications) == 1:
+            data = self.encode(publications[0])
+        else:
+            data = b"".join([self.encode(publication) for publication in publications])
+        return SENT if self.write(data) else GONE
 
     def encode_control(self, payload: bytes) -> bytes:
         """A control message as a plain `data:` event (clients dispatch on its `type`)."""

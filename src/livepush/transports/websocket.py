@@ -24,6 +24,7 @@ from typing import Any
 from aiohttp import WSMessage, WSMsgType, web
 
 from livepush.core.node import Node
+from livepush.core.session import GONE, PAUSED, SENT
 from livepush.protocol.envelope import Publication, StreamPosition, error_message
 from livepush.protocol.errors import CloseCode, ErrorCode
 from livepush.transports.handshake import Handshake
@@ -84,6 +85,23 @@ class WebSocketFrameWriter:
         if frame is None:
             frame = publication.ws_frame = text_frame(publication.payload)
         return frame
+
+    def send(self, publications: list[Publication]) -> int:
+        """Write the publications' shared frames in one write (see `FrameWriter.send`)."""
+        if self._protocol.writing_paused:
+            return PAUSED
+        transport = self._transport
+        if transport.is_closing():
+            return GONE
+        if len(publications) == 1:
+            publication = publications[0]
+            frame = publication.ws_frame
+            if frame is None:
+                frame = publication.ws_frame = text_frame(publication.payload)
+        else:
+            frame = b"".join([self.encode(publication) for publication in publications])
+        transport.write(frame)
+        return SENT
 
     def encode_control(self, payload: bytes) -> bytes:
         """A control message frame."""

@@ -33,10 +33,12 @@ class ListWriter:
     def encode_mark(self, channel: str, position: StreamPosition | None) -> bytes:
         return b""
 
-    def send(self, publications: list[Publication]) -> int:
+    def send(self, publications: Publication | list[Publication]) -> int:
         # The session's hot path, built from the same parts a transport uses.
         if self.paused:
             return PAUSED
+        if not isinstance(publications, list):
+            publications = [publications]
         data = b"".join(self.encode(publication) for publication in publications)
         return SENT if self.write(data) else GONE
 

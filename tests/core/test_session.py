@@ -37,10 +37,12 @@ class RecordingWriter:
         where = "-" if position is None else f"{position.epoch}/{position.offset}"
         return f"M {channel} {where}".encode()
 
-    def send(self, publications: list[Publication]) -> int:
+    def send(self, publications: Publication | list[Publication]) -> int:
         # The session's hot path, built from the same parts a transport uses.
         if self.paused:
             return PAUSED
+        if not isinstance(publications, list):
+            publications = [publications]
         data = b"".join(self.encode(publication) for publication in publications)
         return SENT if self.write(data) else GONE
 

@@ -43,9 +43,9 @@ class FrameWriter(Protocol):
         """Transport bytes for a publication (cached on the publication where shareable)."""
         ...
 
-    def send(self, publications: list[Publication]) -> int:
-        """The hot path: write publications in one write if the socket keeps up. Returns
-        `SENT`, `PAUSED` (nothing written: the caller queues them) or `GONE`."""
+    def send(self, publications: Publication | list[Publication]) -> int:
+        """The hot path: write one publication, or several in one write, if the socket keeps
+        up. Returns `SENT`, `PAUSED` (nothing written: the caller queues them) or `GONE`."""
         ...
 
     def encode_control(self, payload: bytes) -> bytes:
@@ -164,7 +164,7 @@ class Session:
         self.warned = False
         # Staged publications of this loop iteration, the backlog queue and its coalescing
         # index, and held channels: all created on first use, so an idle connection has none.
-        self._pending: list[Publication] | None = None
+        self._pending: Publication | list[Publication] | None = None
         self._queue: deque[_Item] | None = None
         self._queued_bytes = 0
         self._keyed: dict[tuple[str, str], _Item] | None = None
@@ -195,9 +195,14 @@ class Session:
             return False
         pending = self._pending
         if pending is None:
-            self._pending = [publication]
+            # The publication itself, not a list: the common single message per iteration
+            # allocates nothing per connection (which also keeps the cyclic GC quiet).
+            self._pending = publication
             return True
-        pending.append(publication)
+        if isinstance(pending, list):
+            pending.append(publication)
+        else:
+            self._pending = [pending, publication]
         return False
 
     def flush(self) -> None:
@@ -216,6 +221,8 @@ class Session:
             if result == GONE:
                 self._lost()
                 return
+        if not isinstance(pending, list):
+            pending = [pending]
         for publication in pending:
             self._enqueue_publication(publication)
 

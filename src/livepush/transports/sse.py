@@ -59,14 +59,14 @@ class SseFrameWriter:
         self._id = format_positions(self._positions).encode()
         return b"id: " + self._id + b"\n" + data
 
-    def send(self, publications: list[Publication]) -> int:
+    def send(self, publications: Publication | list[Publication]) -> int:
         """Write publications as events in one chunk (see `FrameWriter.send`)."""
         if self.paused:
             return PAUSED
-        if len(publications) == 1:
-            data = self.encode(publications[0])
-        else:
+        if isinstance(publications, list):
             data = b"".join([self.encode(publication) for publication in publications])
+        else:
+            data = self.encode(publications)
         return SENT if self.write(data) else GONE
 
     def encode_control(self, payload: bytes) -> bytes:

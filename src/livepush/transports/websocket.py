@@ -86,20 +86,17 @@ class WebSocketFrameWriter:
             frame = publication.ws_frame = text_frame(publication.payload)
         return frame
 
-    def send(self, publications: list[Publication]) -> int:
+    def send(self, publications: Publication | list[Publication]) -> int:
         """Write the publications' shared frames in one write (see `FrameWriter.send`)."""
         if self._protocol.writing_paused:
             return PAUSED
         transport = self._transport
         if transport.is_closing():
             return GONE
-        if len(publications) == 1:
-            publication = publications[0]
-            frame = publication.ws_frame
-            if frame is None:
-                frame = publication.ws_frame = text_frame(publication.payload)
-        else:
+        if isinstance(publications, list):
             frame = b"".join([self.encode(publication) for publication in publications])
+        else:
+            frame = publications.ws_frame or self.encode(publications)
         transport.write(frame)
         return SENT
 

@@ -1,0 +1,47 @@
+"""Smoke test of the benchmark harness (not a benchmark): ``pytest bench/test_smoke.py``.
+
+Runs ``bench/run.py --quick`` (200 subscribers, 500 idle connections, one repetition; about
+40 s) against every server that can start here, and checks that every message published was
+received by every subscriber and that every number the report needs is present.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="the load generator needs gcc")
+def test_quick_run(tmp_path: Path) -> None:
+    servers = ["livepush", "socketio", "aiohttp-bare"]
+    if shutil.which("node") and shutil.which("npm"):
+        servers.insert(0, "node-ws")
+    out = tmp_path / "quick.json"
+    cmd = [sys.executable, str(BENCH / "run.py"), "--quick", "--servers", ",".join(servers)]
+    proc = subprocess.run(
+        [*cmd, "--out", str(out)], capture_output=True, text=True, timeout=540, check=False
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    res = json.loads(out.read_text())
+    ran = {c["server"] for c in res["fanout"]}
+    assert ran == set(servers) - set(res["skipped"])
+    for case in res["fanout"]:
+        assert case["connected"] == 200, case
+        assert case["summary"]["delivered_msgs_per_s"] > 0
+        for r in case["saturation"] + case["latency"]:
+            assert r["received"] == r["expected"], r
+            assert r["lat_p99_ms"] >= r["lat_p50_ms"] > 0
+    for cal in res["calibration"]:
+        assert cal["summary"]["delivered_msgs_per_s"] > 0
+    for m in res["memory"]:
+        assert m["still_open"] == 500, m
+        assert m["kb_per_conn"] is not None
+    assert "| server |" in res["markdown"]

@@ -3,66 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 from livepush.auth.tokens import Grants, Identity
 from livepush.core.hub import Hub
-from livepush.core.session import GONE, PAUSED, SENT, Session, SessionLimits
+from livepush.core.session import Session, SessionLimits
 from livepush.metrics import Metrics
-from livepush.protocol.envelope import Publication, StreamPosition
+from livepush.protocol.envelope import Publication
 from livepush.protocol.errors import CloseCode
+from tests.core.writers import RecordingWriter
 
 
-class ListWriter:
-    """A minimal session port that records frames; `on_write` lets a test react to a write."""
-
-    transport = "test"
-    tracks_positions = False
-    paused = False
-
-    def __init__(self, on_write: Callable[[], object] | None = None) -> None:
-        self.writes: list[bytes] = []
-        self.on_write = on_write
-
-    def encode(self, publication: Publication) -> bytes:
-        return publication.payload
-
-    def encode_control(self, payload: bytes) -> bytes:
-        return payload
-
-    def encode_mark(self, channel: str, position: StreamPosition | None) -> bytes:
-        return b""
-
-    def send(self, publications: Publication | list[Publication]) -> int:
-        # The session's hot path, built from the same parts a transport uses.
-        if self.paused:
-            return PAUSED
-        if not isinstance(publications, list):
-            publications = [publications]
-        data = b"".join(self.encode(publication) for publication in publications)
-        return SENT if self.write(data) else GONE
-
-    def ping(self) -> bool:
-        return True
-
-    def write(self, data: bytes) -> bool:
-        self.writes.append(data)
-        if self.on_write is not None:
-            self.on_write()
-        return True
-
-    async def drain(self) -> None:
-        return None
-
-    def close(self, code: CloseCode, reason: str) -> None:
-        return None
-
-
-def _session(push_ref: str, user: str = "alice", writer: ListWriter | None = None) -> Session:
+def _session(push_ref: str, user: str = "alice", writer: RecordingWriter | None = None) -> Session:
     return Session(
         push_ref,
         Identity(user, None, Grants()),
-        writer or ListWriter(),
+        writer or RecordingWriter(tagged=False),
         SessionLimits(),
         Metrics(),
     )
@@ -70,7 +25,7 @@ def _session(push_ref: str, user: str = "alice", writer: ListWriter | None = Non
 
 def _writes(session: Session) -> list[bytes]:
     writer = session.writer
-    assert isinstance(writer, ListWriter)
+    assert isinstance(writer, RecordingWriter)
     return writer.writes
 
 
@@ -102,7 +57,7 @@ def test_fan_out_to_channel_without_subscribers_reaches_nobody() -> None:
 def test_fan_out_survives_a_recipient_unsubscribing_during_delivery() -> None:
     hub = Hub()
     holder: list[Session] = []
-    writer = ListWriter(on_write=lambda: hub.remove(holder[0]))
+    writer = RecordingWriter(tagged=False, on_write=lambda: hub.remove(holder[0]))
     leaving = _session("leaving", writer=writer)
     holder.append(leaving)
     staying = _session("staying")
@@ -234,7 +189,7 @@ def test_a_failing_delivery_does_not_stop_fan_out_to_the_others() -> None:
         raise RuntimeError("transport blew up")
 
     hub = Hub()
-    broken = _session("broken", writer=ListWriter(on_write=explode))
+    broken = _session("broken", writer=RecordingWriter(tagged=False, on_write=explode))
     healthy = [_session(f"ok{i}") for i in range(3)]
     for session in (healthy[0], broken, *healthy[1:]):
         hub.subscribe(session, "workflow:1")

@@ -550,17 +550,17 @@ async def test_released_publications_queue_in_order_under_back_pressure() -> Non
 async def test_mark_written_for_writers_that_track_positions() -> None:
     writer = RecordingWriter(tracks_positions=True)
     session = _session(writer)
-    session.mark("workflow:1", StreamPosition("ep", 3))
-    session.mark("workflow:1", None)
+    session.mark({"workflow:1": StreamPosition("ep", 3)})
+    session.mark({"workflow:1": None})
     assert writer.writes == [b"M workflow:1 ep/3", b"M workflow:1 -"]
 
 
 async def test_mark_skipped_for_writers_that_do_not_track_positions() -> None:
     writer = RecordingWriter(tracks_positions=False)
     session = _session(writer)
-    session.mark("workflow:1", StreamPosition("ep", 3))
+    session.mark({"workflow:1": StreamPosition("ep", 3)})
     writer.pause()
-    session.mark("workflow:1", StreamPosition("ep", 4))
+    session.mark({"workflow:1": StreamPosition("ep", 4)})
     assert writer.writes == []
     assert session.queued == (0, 0)
 
@@ -570,7 +570,7 @@ async def test_marks_queue_in_stream_order_and_take_no_bytes() -> None:
     session = _session(writer)
     writer.pause()
     session.deliver(_reliable(1))
-    session.mark("workflow:1", StreamPosition("ep", 1))
+    session.mark({"workflow:1": StreamPosition("ep", 1)})
     session.deliver(_reliable(2))
     assert session.queued == (3, len(_reliable(1).payload) + len(_reliable(2).payload))
     await _flushed(session, writer)
@@ -582,3 +582,12 @@ async def test_session_exposes_user_and_push_ref() -> None:
     assert session.user_id == "alice"
     assert session.push_ref == "tab-1"
     assert "tab-1" in repr(session)
+
+
+async def test_one_mark_records_several_channels_at_once() -> None:
+    writer = RecordingWriter(tracks_positions=True)
+    session = _session(writer)
+    session.mark({"workflow:1": StreamPosition("ep", 3), "system": StreamPosition("ep", 0)})
+    assert writer.writes == [b"M workflow:1 ep/3, system ep/0"]
+    session.mark({})
+    assert len(writer.writes) == 1

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from livepush.core.session import GONE, PAUSED, SENT
 from livepush.protocol.envelope import Publication, StreamPosition
@@ -41,9 +41,12 @@ class RecordingWriter:
     def encode_control(self, payload: bytes) -> bytes:
         return b"C " + payload if self.tagged else payload
 
-    def encode_mark(self, channel: str, position: StreamPosition | None) -> bytes:
-        where = "-" if position is None else f"{position.epoch}/{position.offset}"
-        return f"M {channel} {where}".encode()
+    def encode_mark(self, positions: Mapping[str, StreamPosition | None]) -> bytes:
+        marks = [
+            f"{channel} {'-' if position is None else f'{position.epoch}/{position.offset}'}"
+            for channel, position in positions.items()
+        ]
+        return ("M " + ", ".join(marks)).encode()
 
     def send(self, publications: Publication | list[Publication]) -> int:
         # The session's hot path, built from the same parts a transport uses.

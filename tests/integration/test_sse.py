@@ -185,3 +185,19 @@ async def test_sse_client_disconnect_is_noticed(server: RunningServer, http):
             break
         await asyncio.sleep(0.02)
     assert server.node.session("tab1") is None
+
+
+async def test_connect_writes_one_id_event_with_every_channel_position(
+    server: RunningServer, http: aiohttp.ClientSession
+):
+    reader = await open_stream(http, server, "tab1", channels="workflow:1")
+    await reader.message_of_type("connected")
+    event = await reader.next_event()
+    assert "data" not in event
+    assert [entry.split("|")[0] for entry in event["id"].split(",")] == [
+        "push:tab1",
+        "user:alice",
+        "system",
+        "workflow:1",
+    ]
+    reader.response.close()

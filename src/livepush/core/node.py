@@ -82,6 +82,11 @@ class _Joined:
     recovered: bool | None
     after_offset: int
 
+    @property
+    def start(self) -> StreamPosition:
+        """Where the client stands once the missed publications are out."""
+        return StreamPosition(self.position.epoch, self.after_offset)
+
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {
             "channel": self.channel,
@@ -275,8 +280,9 @@ class Node:
         if refused:
             greeting["refused"] = refused
         session.send_control(control_message("connected", greeting))
+        session.mark({j.channel: j.start for j in joined})
         for j in joined:
-            self._release(session, j)
+            session.release(j.channel, j.missed, j.after_offset)
         return session
 
     async def close_session(self, session: Session) -> None:
@@ -336,11 +342,6 @@ class Node:
         after = since.offset if recovery.recovered else recovery.position.offset
         return _Joined(channel, recovery.position, recovery.publications, recovery.recovered, after)
 
-    def _release(self, session: Session, joined: _Joined) -> None:
-        start = StreamPosition(joined.position.epoch, joined.after_offset)
-        session.mark(joined.channel, start)
-        session.release(joined.channel, joined.missed, joined.after_offset)
-
     async def subscribe(
         self,
         session: Session,
@@ -373,7 +374,8 @@ class Node:
         await self._authorize(session, channel)
         joined = await self._join(session, channel, since)
         reply(control_message("reply", joined.describe(), request_id))
-        self._release(session, joined)
+        session.mark({channel: joined.start})
+        session.release(channel, joined.missed, joined.after_offset)
 
     async def unsubscribe(self, session: Session, channel: str) -> bool:
         """Remove a subscription; False when the session was not subscribed."""
@@ -386,7 +388,7 @@ class Node:
             await self.broker.unsubscribe(channel)
             self.metrics.channels.set(self.hub.channel_count)
         self.metrics.subscriptions.dec()
-        session.mark(channel, None)
+        session.mark({channel: None})
         return True
 
     # -- tokens and keep-alive ---------------------------------------------------------------

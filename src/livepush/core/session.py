@@ -18,6 +18,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -52,8 +53,9 @@ class FrameWriter(Protocol):
         """Transport bytes for a control message (reply, error...)."""
         ...
 
-    def encode_mark(self, channel: str, position: StreamPosition | None) -> bytes:
-        """Transport bytes recording that the client now stands at `position` in `channel`."""
+    def encode_mark(self, positions: Mapping[str, StreamPosition | None]) -> bytes:
+        """Transport bytes recording the client's positions in these channels (None: the
+        client left the channel)."""
         ...
 
     @property
@@ -94,11 +96,10 @@ class SessionLimits:
 
 
 class _Mark:
-    __slots__ = ("channel", "position")
+    __slots__ = ("positions",)
 
-    def __init__(self, channel: str, position: StreamPosition | None) -> None:
-        self.channel = channel
-        self.position = position
+    def __init__(self, positions: Mapping[str, StreamPosition | None]) -> None:
+        self.positions = positions
 
 
 _Payload = Publication | bytes | _Mark
@@ -242,16 +243,16 @@ class Session:
             return
         self._enqueue(payload, len(payload), None)
 
-    def mark(self, channel: str, position: StreamPosition | None) -> None:
-        """Record, in stream order, the client's position in a channel (None: left it)."""
-        if self.closed or not self.writer.tracks_positions:
+    def mark(self, positions: Mapping[str, StreamPosition | None]) -> None:
+        """Record, in stream order, the client's positions in channels (None: left it)."""
+        if self.closed or not positions or not self.writer.tracks_positions:
             return
         self.flush()
         if self._queue is None and not self.writer.paused:
-            if not self.writer.write(self.writer.encode_mark(channel, position)):
+            if not self.writer.write(self.writer.encode_mark(positions)):
                 self._lost()
             return
-        self._enqueue(_Mark(channel, position), 0, None)
+        self._enqueue(_Mark(positions), 0, None)
 
     def _enqueue_publication(self, publication: Publication) -> None:
         key = None
@@ -339,7 +340,7 @@ class Session:
                     data = writer.encode(payload)
                     self.metrics.observe_write_latency(payload)
                 elif isinstance(payload, _Mark):
-                    data = writer.encode_mark(payload.channel, payload.position)
+                    data = writer.encode_mark(payload.positions)
                 else:
                     data = writer.encode_control(payload)
                 if not writer.write(data):

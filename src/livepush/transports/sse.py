@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -73,12 +74,13 @@ class SseFrameWriter:
         """A control message as a plain `data:` event (clients dispatch on its `type`)."""
         return b"data: " + payload + b"\n\n"
 
-    def encode_mark(self, channel: str, position: StreamPosition | None) -> bytes:
+    def encode_mark(self, positions: Mapping[str, StreamPosition | None]) -> bytes:
         """An id-only event: updates `Last-Event-ID` without firing a message event."""
-        if position is None:
-            self._positions.pop(channel, None)
-        else:
-            self._positions[channel] = position
+        for channel, position in positions.items():
+            if position is None:
+                self._positions.pop(channel, None)
+            else:
+                self._positions[channel] = position
         self._id = format_positions(self._positions).encode()
         return b"id: " + self._id + b"\n\n"
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import WSMessage, WSMsgType, web
@@ -104,7 +105,7 @@ class WebSocketFrameWriter:
         """A control message frame."""
         return text_frame(payload)
 
-    def encode_mark(self, channel: str, position: StreamPosition | None) -> bytes:
+    def encode_mark(self, positions: Mapping[str, StreamPosition | None]) -> bytes:
         """WebSocket clients read positions from the frames themselves."""
         return b""
 

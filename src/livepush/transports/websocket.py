@@ -194,14 +194,9 @@ async def serve_websocket(
                     )
                 )
             elif kind is WSMsgType.ERROR:
-                request_ = message.data
-                if isinstance(request_, _CloseRequest):
-                    if request_.code is CloseCode.SLOW_CONSUMER:
-                        writer.shut(request_.code, request_.reason)
-                    else:
-                        await ws.close(
-                            code=int(request_.code), message=request_.reason.encode()[:120]
-                        )
+                close_request = message.data
+                if isinstance(close_request, _CloseRequest):
+                    await _close(ws, writer, close_request)
                 elif ws.close_code == CloseCode.MESSAGE_TOO_BIG:
                     node.metrics.errors.labels(ErrorCode.MESSAGE_TOO_LARGE.value).inc()
                     session.close_code = CloseCode.MESSAGE_TOO_BIG
@@ -214,3 +209,13 @@ async def serve_websocket(
             session.close_reason = f"client closed ({ws.close_code})"
         await node.close_session(session)
     return ws
+
+
+async def _close(
+    ws: web.WebSocketResponse, writer: WebSocketFrameWriter, request: _CloseRequest
+) -> None:
+    """Run a server-initiated close from the read loop (see the module docstring)."""
+    if request.code is CloseCode.SLOW_CONSUMER:
+        writer.shut(request.code, request.reason)
+    else:
+        await ws.close(code=int(request.code), message=request.reason.encode()[:120])

@@ -25,6 +25,7 @@ from livepush.transports.handshake import (
     authenticate,
     check_request_origin,
     error_response,
+    query_params,
 )
 from livepush.transports.sse import serve_sse
 from livepush.transports.websocket import serve_websocket
@@ -103,18 +104,23 @@ def create_app(config: Config, node: Node | None = None) -> web.Application:
         except ProtocolError as exc:
             node.metrics.handshake_failures.labels(exc.code.value).inc()
             return error_response(exc)
-        if upgrade:
-            return await serve_websocket(
-                request, node, handshake, max_message_bytes=config.max_message_bytes
-            )
-        return await serve_sse(request, node, handshake, retry_ms=config.sse_retry_ms)
+        serve = (
+            serve_websocket(request, node, handshake, max_message_bytes=config.max_message_bytes)
+            if upgrade
+            else serve_sse(request, node, handshake, retry_ms=config.sse_retry_ms)
+        )
+        # This frame lives as long as the connection: keep no reference to the handshake here
+        # (the transport drops its own once the session is open).
+        del handshake
+        return await serve
 
     async def push_commands(request: web.Request) -> web.Response:
         """Commands of an SSE connection (same semantics as over WebSocket)."""
         try:
             check_request_origin(request, handshake_settings)
-            identity = authenticate(request, node, handshake_settings)
-            push_ref = request.query.get("pushRef", "")
+            query = query_params(request)
+            identity = authenticate(request, node, handshake_settings, query)
+            push_ref = query.get("pushRef", "")
             session = node.session(push_ref)
             if session is None or session.closed:
                 raise ProtocolError(

@@ -150,6 +150,7 @@ async def serve_sse(
     await response.write(b":ok\nretry: %d\n\n" % retry_ms)
     writer = SseFrameWriter(request, chunked)
     session = await handshake.open_session(node, writer)
+    del handshake  # not needed for the connection's lifetime
     try:
         await writer.closed
     finally:

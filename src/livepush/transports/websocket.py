@@ -176,6 +176,7 @@ async def serve_websocket(
     await ws.prepare(request)
     writer = WebSocketFrameWriter(ws, request)
     session = await handshake.open_session(node, writer)
+    del handshake  # not needed for the connection's lifetime
     try:
         while True:
             message = await ws.receive()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -129,7 +128,6 @@ class Session:
         "close_code",
         "close_reason",
         "closed",
-        "connected_at",
         "deadline",
         "identity",
         "limits",
@@ -158,7 +156,6 @@ class Session:
         self.closed = False
         self.close_code: CloseCode | None = None
         self.close_reason = ""
-        self.connected_at = time.time()
         #: Token expiry bookkeeping of the node's `Deadlines` (a slot key, and whether the
         #: client has been warned).
         self.deadline: int | None = None

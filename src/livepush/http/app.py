@@ -6,7 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 
 import msgspec
-from aiohttp import hdrs, web
+from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from livepush.auth.policy import ClaimsPolicy, HttpCallbackPolicy
@@ -21,14 +21,12 @@ from livepush.http.publish import PublishHandler
 from livepush.protocol.errors import ErrorCode, ProtocolError
 from livepush.transports.handshake import (
     HandshakeSettings,
-    accept,
     authenticate,
     check_request_origin,
     error_response,
     query_params,
 )
-from livepush.transports.sse import serve_sse
-from livepush.transports.websocket import serve_websocket
+from livepush.transports.websocket import push_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -89,31 +87,6 @@ def create_app(config: Config, node: Node | None = None) -> web.Application:
     )
     openapi = msgspec.json.encode(openapi_document(config.rest_prefix))
 
-    async def push(request: web.Request) -> web.StreamResponse:
-        upgrade = request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
-        wants_sse = "text/event-stream" in request.headers.get(hdrs.ACCEPT, "")
-        if not upgrade and not wants_sse:
-            return json_error(
-                406,
-                ErrorCode.NOT_ACCEPTABLE,
-                "open a WebSocket (Upgrade: websocket) or an event stream "
-                "(Accept: text/event-stream) on this URL",
-            )
-        try:
-            handshake = await accept(request, node, handshake_settings)
-        except ProtocolError as exc:
-            node.metrics.handshake_failures.labels(exc.code.value).inc()
-            return error_response(exc)
-        serve = (
-            serve_websocket(request, node, handshake, max_message_bytes=config.max_message_bytes)
-            if upgrade
-            else serve_sse(request, node, handshake, retry_ms=config.sse_retry_ms)
-        )
-        # This frame lives as long as the connection: keep no reference to the handshake here
-        # (the transport drops its own once the session is open).
-        del handshake
-        return await serve
-
     async def push_commands(request: web.Request) -> web.Response:
         """Commands of an SSE connection (same semantics as over WebSocket)."""
         try:
@@ -161,7 +134,15 @@ def create_app(config: Config, node: Node | None = None) -> web.Application:
         return web.Response(body=openapi, content_type="application/json")
 
     prefix = config.rest_prefix
-    app.router.add_get(f"{prefix}/push", push)
+    app.router.add_get(
+        f"{prefix}/push",
+        push_endpoint(
+            node,
+            handshake_settings,
+            max_message_bytes=config.max_message_bytes,
+            sse_retry_ms=config.sse_retry_ms,
+        ),
+    )
     app.router.add_post(f"{prefix}/push", push_commands)
     app.router.add_post(
         "/api/v1/publish", PublishHandler(node, config.api_key, config.max_publish_bytes).handle

@@ -9,6 +9,7 @@ verbatim in SSE event ids and Redis keys.
 from __future__ import annotations
 
 import re
+import sys
 from typing import Final
 
 from livepush.protocol.errors import ErrorCode, ProtocolError
@@ -57,8 +58,8 @@ def push_channel(push_ref: str) -> str:
 
 
 def user_channel(user_id: str) -> str:
-    """The channel that reaches every tab of one user."""
-    return f"user:{user_id}"
+    """The channel that reaches every tab of one user (one shared string per user)."""
+    return sys.intern(f"user:{user_id}")
 
 
 def is_valid_user_id(user_id: object) -> bool:

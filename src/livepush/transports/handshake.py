@@ -74,9 +74,10 @@ def check_request_origin(request: web.Request, settings: HandshakeSettings) -> N
 def query_params(request: web.Request) -> dict[str, str]:
     """The query parameters, parsed into a plain dict that is dropped after the handshake.
 
-    `request.query` would cache a parsed copy on the request, which lives as long as the
-    connection; with a token in the URL that is a few hundred bytes per connection."""
-    return dict(parse_qsl(request.query_string))
+    `request.query` (and `query_string`) would cache parsed copies on the request, which lives
+    as long as the connection; with a token in the URL that is a few hundred bytes per
+    connection. The raw request line is kept by aiohttp anyway."""
+    return dict(parse_qsl(request.raw_path.partition("?")[2]))
 
 
 def authenticate(

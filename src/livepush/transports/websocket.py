@@ -19,16 +19,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from aiohttp import WSMessage, WSMsgType, web
+from aiohttp import WSMessage, WSMsgType, hdrs, web
 
 from livepush.core.node import Node
 from livepush.core.session import GONE, PAUSED, SENT
+from livepush.http.errors import json_error
 from livepush.protocol.envelope import Publication, StreamPosition, error_message
-from livepush.protocol.errors import CloseCode, ErrorCode
-from livepush.transports.handshake import Handshake
+from livepush.protocol.errors import CloseCode, ErrorCode, ProtocolError
+from livepush.transports.handshake import HandshakeSettings, accept, error_response
+from livepush.transports.sse import serve_sse
 
 log = logging.getLogger(__name__)
 
@@ -160,56 +162,76 @@ class WebSocketFrameWriter:
         asyncio.get_running_loop().call_later(SLOW_CLOSE_GRACE, transport.abort)
 
 
-async def serve_websocket(
-    request: web.Request,
-    node: Node,
-    handshake: Handshake,
-    *,
-    max_message_bytes: int,
-) -> web.WebSocketResponse:
-    """Upgrade, then read client messages until the connection ends.
+def push_endpoint(
+    node: Node, settings: HandshakeSettings, *, max_message_bytes: int, sse_retry_ms: int
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """The handler of `GET {rest}/push`: WebSocket upgrades are served here, event streams by
+    `transports/sse.py`, anything else gets a 406.
 
-    Keep-alive pings come from the node's single keep-alive timer (aiohttp's per-connection
-    heartbeat timer is off); any frame from the client, a pong included, proves it alive.
+    A WebSocket connection lives in this handler's frame for its whole life, so the frame is
+    kept to one (no nested serving coroutine) and holds no handshake state. Keep-alive pings
+    come from the node's single keep-alive timer (aiohttp's per-connection heartbeat timer is
+    off); any frame from the client, a pong included, proves it alive.
     """
-    ws = web.WebSocketResponse(max_msg_size=max_message_bytes, compress=False, autoping=False)
-    await ws.prepare(request)
-    writer = WebSocketFrameWriter(ws, request)
-    session = await handshake.open_session(node, writer)
-    del handshake  # not needed for the connection's lifetime
-    try:
-        while True:
-            message = await ws.receive()
-            writer.awaiting_pong = False
-            kind = message.type
-            if kind is WSMsgType.TEXT:
-                await node.handle_message(session, message.data)
-            elif kind is WSMsgType.PING:
-                await ws.pong(message.data)
-            elif kind is WSMsgType.PONG:
-                continue
-            elif kind is WSMsgType.BINARY:
-                session.send_control(
-                    error_message(
-                        ErrorCode.BINARY_NOT_SUPPORTED, "send JSON commands as text frames"
+
+    async def push(request: web.Request) -> web.StreamResponse:
+        upgrade = request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
+        if not upgrade and "text/event-stream" not in request.headers.get(hdrs.ACCEPT, ""):
+            return json_error(
+                406,
+                ErrorCode.NOT_ACCEPTABLE,
+                "open a WebSocket (Upgrade: websocket) or an event stream "
+                "(Accept: text/event-stream) on this URL",
+            )
+        try:
+            handshake = await accept(request, node, settings)
+        except ProtocolError as exc:
+            node.metrics.handshake_failures.labels(exc.code.value).inc()
+            return error_response(exc)
+        if not upgrade:
+            stream = serve_sse(request, node, handshake, retry_ms=sse_retry_ms)
+            del handshake  # the stream's coroutine drops its own reference when open
+            return await stream
+        ws = web.WebSocketResponse(max_msg_size=max_message_bytes, compress=False, autoping=False)
+        await ws.prepare(request)
+        writer = WebSocketFrameWriter(ws, request)
+        session = await handshake.open_session(node, writer)
+        del handshake
+        try:
+            while True:
+                message = await ws.receive()
+                writer.awaiting_pong = False
+                kind = message.type
+                if kind is WSMsgType.TEXT:
+                    await node.handle_message(session, message.data)
+                elif kind is WSMsgType.PING:
+                    await ws.pong(message.data)
+                elif kind is WSMsgType.PONG:
+                    continue
+                elif kind is WSMsgType.BINARY:
+                    session.send_control(
+                        error_message(
+                            ErrorCode.BINARY_NOT_SUPPORTED, "send JSON commands as text frames"
+                        )
                     )
-                )
-            elif kind is WSMsgType.ERROR:
-                close_request = message.data
-                if isinstance(close_request, _CloseRequest):
-                    await _close(ws, writer, close_request)
-                elif ws.close_code == CloseCode.MESSAGE_TOO_BIG:
-                    node.metrics.errors.labels(ErrorCode.MESSAGE_TOO_LARGE.value).inc()
-                    session.close_code = CloseCode.MESSAGE_TOO_BIG
-                    session.close_reason = "message too big"
-                break
-            else:  # CLOSE, CLOSING, CLOSED
-                break
-    finally:
-        if session.close_code is None and ws.close_code is not None:
-            session.close_reason = f"client closed ({ws.close_code})"
-        await node.close_session(session)
-    return ws
+                elif kind is WSMsgType.ERROR:
+                    close_request = message.data
+                    if isinstance(close_request, _CloseRequest):
+                        await _close(ws, writer, close_request)
+                    elif ws.close_code == CloseCode.MESSAGE_TOO_BIG:
+                        node.metrics.errors.labels(ErrorCode.MESSAGE_TOO_LARGE.value).inc()
+                        session.close_code = CloseCode.MESSAGE_TOO_BIG
+                        session.close_reason = "message too big"
+                    break
+                else:  # CLOSE, CLOSING, CLOSED
+                    break
+        finally:
+            if session.close_code is None and ws.close_code is not None:
+                session.close_reason = f"client closed ({ws.close_code})"
+            await node.close_session(session)
+        return ws
+
+    return push
 
 
 async def _close(

@@ -487,3 +487,24 @@ def test_minted_token_with_past_now_is_expired() -> None:
 def test_minted_token_omits_empty_grant_claims() -> None:
     claims = jwt.decode(mint_token(SECRET, "alice"), SECRET, algorithms=["HS256"])
     assert set(claims) == {"sub", "iat", "exp"}
+
+
+def test_a_token_verified_once_is_shared_until_it_expires() -> None:
+    """Tabs of one user present one token: they share one Identity, and the cache never
+    outlives the token."""
+    verifier = TokenVerifier(secret=SECRET, leeway=0)
+    token = mint_token(SECRET, "alice", ttl=1)
+    first = verifier.verify(token)
+    assert verifier.verify(token) is first
+    time.sleep(max(0.0, first.expires_at - time.time()) + 0.05)  # type: ignore[operator]
+    with pytest.raises(AuthError) as raised:
+        verifier.verify(token)
+    assert raised.value.code is ErrorCode.TOKEN_EXPIRED
+
+
+def test_a_bad_token_is_never_cached() -> None:
+    verifier = TokenVerifier(secret=SECRET)
+    token = mint_token("another-secret-" + "x" * 40, "mallory")
+    for _ in range(2):
+        with pytest.raises(AuthError):
+            verifier.verify(token)

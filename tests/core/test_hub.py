@@ -76,7 +76,7 @@ def test_subscribe_reports_first_local_subscriber() -> None:
     assert hub.subscribe(b, "workflow:1") is False
     assert hub.subscribe(a, "workflow:1") is False  # already subscribed
     assert hub.subscribers("workflow:1") == 2
-    assert a.channels == {"workflow:1"}
+    assert a.channels == ["workflow:1"]
 
 
 def test_unsubscribe_reports_last_local_subscriber() -> None:
@@ -87,7 +87,7 @@ def test_unsubscribe_reports_last_local_subscriber() -> None:
     assert hub.unsubscribe(a, "workflow:1") is False
     assert hub.unsubscribe(b, "workflow:1") is True
     assert hub.channel_count == 0
-    assert b.channels == set()
+    assert b.channels == []
 
 
 def test_unsubscribe_from_channel_not_subscribed_is_a_no_op() -> None:
@@ -140,16 +140,17 @@ def test_remove_unregisters_and_returns_emptied_channels() -> None:
     a, b = _session("a", "alice"), _session("b", "bob")
     hub.add(a)
     hub.add(b)
-    for channel in ("workflow:1", "workflow:2", "user:alice"):
+    for channel in ("workflow:1", "workflow:2", "execution:9"):
         hub.subscribe(a, channel)
     hub.subscribe(b, "workflow:1")
     emptied = hub.remove(a)
-    assert sorted(emptied) == ["user:alice", "workflow:2"]
-    assert a.channels == set()
+    # a's own push and user channels go with it; system stays (b is still connected).
+    assert sorted(emptied) == ["execution:9", "push:a", "user:alice", "workflow:2"]
+    assert a.channels == []
     assert hub.session("a") is None
     assert hub.user_session_count("alice") == 0
-    # workflow:1 (b's), plus b's own push channel: every connection counts for one.
-    assert hub.channel_count == 2
+    # workflow:1, and b's own push:b, user:bob and system.
+    assert hub.channel_count == 4
     assert hub.fan_out(_publication("workflow:2")) == 0
     assert len(hub) == 1
 
@@ -159,7 +160,8 @@ def test_remove_twice_is_harmless() -> None:
     a = _session("a")
     hub.add(a)
     hub.subscribe(a, "workflow:1")
-    assert hub.remove(a) == ["workflow:1"]
+    # The last session takes its own channels (push, system, user) and workflow:1 with it.
+    assert hub.remove(a) == ["push:a", "system", "user:alice", "workflow:1"]
     assert hub.remove(a) == []
     assert len(hub) == 0
 
@@ -223,3 +225,25 @@ async def test_control_message_flushes_staged_publications_first() -> None:
     assert _writes(session) == [_publication(offset=1).payload, b"reply"]
     await asyncio.sleep(0)
     assert len(_writes(session)) == 2
+
+
+def test_own_channels_are_routed_without_being_stored() -> None:
+    """push:, user: and system reach a connection through the hub's indexes; only explicit
+    subscriptions live in the session."""
+    hub = Hub()
+    a1, a2, b = _session("a1", "alice"), _session("a2", "alice"), _session("b", "bob")
+    assert hub.own_channels_needed(a1) == ["push:a1", "user:alice", "system"]
+    hub.add(a1)
+    assert hub.own_channels_needed(a2) == ["push:a2"]
+    hub.add(a2)
+    hub.add(b)
+    assert a1.channels == []
+    assert hub.subscribers("push:a2") == 1
+    assert hub.subscribers("user:alice") == 2
+    assert hub.subscribers("system") == 3
+    admin = _session("root", "admin")
+    hub.add(admin)
+    hub.subscribe(admin, "user:alice")  # an admin watching alice
+    assert hub.subscribers("user:alice") == 3
+    assert hub.is_own(a1, "user:alice")
+    assert not hub.is_own(admin, "user:alice")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,9 +125,27 @@ class TokenVerifier:
         self._leeway = leeway
         self._user_claim = user_claim
         self._required = ["exp"] if require_exp else []
+        # Verified tokens: a user's tabs (and reconnects) present the same token, so they
+        # share one Identity and skip the signature check. Bounded, and an entry is only
+        # used while the token is valid.
+        self._verified: OrderedDict[str, Identity] = OrderedDict()
+        self._verified_max = 10_000
 
     def verify(self, token: str) -> Identity:
         """Return the identity of a valid token; raise `AuthError` with a stable code otherwise."""
+        identity = self._verified.get(token)
+        if identity is not None:
+            if identity.expires_at is None or identity.expires_at > time.time():
+                self._verified.move_to_end(token)
+                return identity
+            del self._verified[token]
+        identity = self._verify(token)
+        self._verified[token] = identity
+        if len(self._verified) > self._verified_max:
+            self._verified.popitem(last=False)
+        return identity
+
+    def _verify(self, token: str) -> Identity:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError as exc:

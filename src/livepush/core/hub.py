@@ -1,9 +1,10 @@
 """Local routing: which of this node's sessions want which channel.
 
 Every lookup is a dict access: a channel's subscribers, a pushRef's session, a user's sessions.
-Nothing scans all connections. A `push:<pushRef>` channel has exactly one possible subscriber,
-so it is routed through the pushRef index rather than a subscriber set of its own (one set less
-per connection).
+Nothing scans all connections. A connection's own channels (`push:<pushRef>`,
+`user:<userId>`, `system`) are implied by the connection and routed through the pushRef and
+user indexes, not stored per connection; only explicit subscriptions are. (An explicit
+subscriber of another user's channel, an admin, is routed as well.)
 
 Fan-out stages a publication on each subscriber and schedules one flush for the end of the
 event-loop iteration: everything a connection receives in one iteration goes out in one write.
@@ -16,12 +17,19 @@ import logging
 from collections.abc import Iterator
 
 from livepush.core.session import Session
+from livepush.protocol.channels import SYSTEM
 from livepush.protocol.envelope import Publication
 from livepush.protocol.errors import CloseCode
 
 log = logging.getLogger(__name__)
 
 _PUSH = "push:"
+_USER = "user:"
+
+
+def own_channels(session: Session) -> tuple[str, str, str]:
+    """The channels every connection is in: its pushRef's, its user's, and `system`."""
+    return (_PUSH + session.push_ref, _USER + session.user_id, SYSTEM)
 
 
 class Hub:
@@ -34,20 +42,26 @@ class Hub:
         self._dirty: list[Session] = []
         self._flush_scheduled = False
 
-    def fan_out(self, publication: Publication) -> int:
-        """Stage a publication on every local subscriber of its channel; returns how many."""
-        channel = publication.channel
+    def recipients(self, channel: str) -> tuple[Session, ...]:
+        """The local sessions a publication in `channel` goes to (a copy: a session closed
+        during a fan-out may leave)."""
         if channel.startswith(_PUSH):
             session = self._by_push_ref.get(channel[5:])
-            if session is None or channel not in session.channels:
-                return 0
-            recipients: tuple[Session, ...] = (session,)
-        else:
-            subscribers = self._channels.get(channel)
-            if not subscribers:
-                return 0
-            # A copy: a session closed during this loop may unsubscribe.
-            recipients = tuple(subscribers)
+            return () if session is None else (session,)
+        if channel == SYSTEM:
+            return tuple(self._by_push_ref.values())
+        explicit = self._channels.get(channel)
+        if channel.startswith(_USER):
+            own = self._by_user.get(channel[5:])
+            if own:
+                return tuple(own) + tuple(explicit or ())
+        return tuple(explicit) if explicit else ()
+
+    def fan_out(self, publication: Publication) -> int:
+        """Stage a publication on every local subscriber of its channel; returns how many."""
+        recipients = self.recipients(publication.channel)
+        if not recipients:
+            return 0
         dirty = self._dirty
         for session in recipients:
             try:
@@ -88,24 +102,46 @@ class Hub:
         self._by_user.setdefault(session.user_id, {})[session] = None
         return previous
 
+    def own_channels_needed(self, session: Session) -> list[str]:
+        """The session's own channels that no local session is in yet (call before `add`)."""
+        push, user, system = own_channels(session)
+        needed = [] if session.push_ref in self._by_push_ref else [push]
+        if not self._by_user.get(session.user_id) and not self._channels.get(user):
+            needed.append(user)
+        if not self._by_push_ref:
+            needed.append(system)
+        return needed
+
     def remove(self, session: Session) -> list[str]:
-        """Unregister a session and its subscriptions; returns channels left with no subscriber."""
+        """Unregister a session and its subscriptions; returns the channels (its own ones
+        included) left with no local subscriber."""
+        emptied: list[str] = []
+        push, user, system = own_channels(session)
         if self._by_push_ref.get(session.push_ref) is session:
             del self._by_push_ref[session.push_ref]
+            emptied.append(push)
+            if not self._by_push_ref:
+                emptied.append(system)
         user_sessions = self._by_user.get(session.user_id)
-        if user_sessions is not None:
-            user_sessions.pop(session, None)
+        if user_sessions is not None and session in user_sessions:
+            del user_sessions[session]
             if not user_sessions:
                 del self._by_user[session.user_id]
-        emptied = [ch for ch in list(session.channels) if self.unsubscribe(session, ch)]
+                if not self._channels.get(user):
+                    emptied.append(user)
+        emptied += [ch for ch in list(session.channels) if self.unsubscribe(session, ch)]
         session.channels.clear()
         return emptied
 
+    def is_own(self, session: Session, channel: str) -> bool:
+        """Whether `channel` is one of the session's own channels."""
+        return channel in own_channels(session)
+
     def subscribe(self, session: Session, channel: str) -> bool:
-        """Add a subscription; True when it is the channel's first local subscriber."""
-        session.channels.add(channel)
-        if channel.startswith(_PUSH):
-            return True
+        """Add an explicit subscription (not to the session's own channels); True when it is
+        the channel's first local subscriber."""
+        if channel not in session.channels:
+            session.channels.append(channel)
         subscribers = self._channels.get(channel)
         first = subscribers is None
         if subscribers is None:
@@ -114,19 +150,18 @@ class Hub:
         return first
 
     def unsubscribe(self, session: Session, channel: str) -> bool:
-        """Remove a subscription; True when the channel has no local subscriber left."""
+        """Remove an explicit subscription; True when the channel has no local subscriber
+        left."""
         if channel not in session.channels:
             return False
-        session.channels.discard(channel)
-        if channel.startswith(_PUSH):
-            return self._by_push_ref.get(channel[5:]) in (session, None)
+        session.channels.remove(channel)
         subscribers = self._channels.get(channel)
         if subscribers is None or session not in subscribers:
             return False
         del subscribers[session]
         if not subscribers:
             del self._channels[channel]
-            return True
+            return not (channel.startswith(_USER) and self._by_user.get(channel[5:]))
         return False
 
     def session(self, push_ref: str) -> Session | None:
@@ -143,16 +178,14 @@ class Hub:
 
     def subscribers(self, channel: str) -> int:
         """How many local sessions subscribe to a channel."""
-        if channel.startswith(_PUSH):
-            session = self._by_push_ref.get(channel[5:])
-            return int(session is not None and channel in session.channels)
-        return len(self._channels.get(channel, ()))
+        return len(self.recipients(channel))
 
     @property
     def channel_count(self) -> int:
-        """Channels with at least one local subscriber (each connection's own `push:` channel
-        counted as one)."""
-        return len(self._channels) + len(self._by_push_ref)
+        """Channels with at least one local subscriber (a user channel that also has explicit
+        subscribers is counted twice: this is a gauge, kept O(1))."""
+        system = 1 if self._by_push_ref else 0
+        return len(self._channels) + len(self._by_push_ref) + len(self._by_user) + system
 
     def __len__(self) -> int:
         return len(self._by_push_ref)

@@ -18,7 +18,7 @@ from typing import Any
 from livepush.auth.policy import AuthorizationPolicy, ClaimsPolicy
 from livepush.auth.tokens import Identity, TokenVerifier
 from livepush.core.deadlines import Deadlines
-from livepush.core.hub import Hub
+from livepush.core.hub import Hub, own_channels
 from livepush.core.ratelimit import RateDecision
 from livepush.core.session import FrameWriter, Session, SessionLimits
 from livepush.engines.base import Engine
@@ -243,7 +243,13 @@ class Node:
         """Register a connection: replace an older one with its pushRef, join its own channels
         and the requested ones (recovering from `resume` positions), and greet it."""
         session = Session(push_ref, identity, writer, self.limits, self.metrics)
+        own = list(own_channels(session))
+        for channel in own:  # held from the moment `hub.add` routes them to this session
+            session.hold(channel)
+        needed = self.hub.own_channels_needed(session)
         previous = self.hub.add(session)
+        for channel in needed:
+            await self.broker.subscribe(channel)
         if previous is not None:
             await self._forget(previous)
             previous.close(
@@ -253,12 +259,14 @@ class Node:
         self.metrics.connections_total.labels(writer.transport).inc()
         self._schedule_expiry(session)
         resume = resume or {}
-        wanted = [push_channel(push_ref), user_channel(identity.user_id), SYSTEM]
-        wanted += [c for c in (*channels, *resume) if c not in wanted]
+        wanted = own + [c for c in dict.fromkeys((*channels, *resume)) if c not in own]
         joined: list[_Joined] = []
         refused: list[dict[str, Any]] = []
         for channel in wanted:
             try:
+                if channel in own:
+                    joined.append(await self._join(session, channel, resume.get(channel), own=True))
+                    continue
                 if len(session.channels) >= self.limits.max_subscriptions:
                     raise ProtocolError(
                         ErrorCode.TOO_MANY_SUBSCRIPTIONS,
@@ -302,7 +310,7 @@ class Node:
             self._drained.set()
 
     async def _forget(self, session: Session) -> None:
-        subscriptions = len(session.channels)
+        subscriptions = len(session.channels) + len(own_channels(session))
         for channel in self.hub.remove(session):
             await self.broker.unsubscribe(channel)
         self.metrics.subscriptions.dec(subscriptions)
@@ -326,11 +334,14 @@ class Node:
         if not allowed:
             raise ProtocolError(ErrorCode.FORBIDDEN, f"not allowed to subscribe to {channel!r}")
 
-    async def _join(self, session: Session, channel: str, since: StreamPosition | None) -> _Joined:
-        # Live publications are held from the moment the session is in the fan-out set until
-        # the missed ones are out, then de-duplicated by offset: no gap, no duplicate.
+    async def _join(
+        self, session: Session, channel: str, since: StreamPosition | None, *, own: bool = False
+    ) -> _Joined:
+        # Live publications are held from the moment the session is in the fan-out set (for
+        # its own channels: from `Hub.add`) until the missed ones are out, then de-duplicated
+        # by offset: no gap, no duplicate.
         session.hold(channel)
-        if self.hub.subscribe(session, channel):
+        if not own and self.hub.subscribe(session, channel):
             await self.broker.subscribe(channel)
             self.metrics.channels.set(self.hub.channel_count)
         self.metrics.subscriptions.inc()
@@ -351,7 +362,7 @@ class Node:
         request_id: Any = None,
     ) -> None:
         """Subscribe a session to a channel, reply, then send what it missed."""
-        if channel in session.channels:
+        if channel in session.channels or self.hub.is_own(session, channel):
             position = await self.broker.position(channel)
             reply(
                 control_message(
@@ -380,10 +391,13 @@ class Node:
     async def unsubscribe(self, session: Session, channel: str) -> bool:
         """Remove a subscription; False when the session was not subscribed."""
         parse_channel(channel)
+        if self.hub.is_own(session, channel):
+            raise ProtocolError(
+                ErrorCode.FORBIDDEN,
+                "a connection cannot leave its own push:, user: or system channel",
+            )
         if channel not in session.channels:
             return False
-        if channel in (push_channel(session.push_ref),):
-            raise ProtocolError(ErrorCode.FORBIDDEN, "a connection cannot leave its own channel")
         if self.hub.unsubscribe(session, channel):
             await self.broker.unsubscribe(channel)
             self.metrics.channels.set(self.hub.channel_count)

@@ -244,7 +244,8 @@ class ServerSpec:
     token: str = ""
     headers: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # merged into every published message
-    origin: bool = False
+    # Every server gets the same handshake headers, a browser's: Origin included.
+    origin: bool = True
     available: bool = True
     reason: str = ""
 
@@ -266,7 +267,6 @@ def livepush_spec() -> ServerSpec:
         },
         headers={"Authorization": f"Bearer {api_key}"},
         extra={"channel": CHANNEL},
-        origin=True,
     )
     exe = shutil.which("livepush")
     if exe is None:

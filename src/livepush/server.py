@@ -28,7 +28,9 @@ def apply_development_defaults(config: Config) -> list[str]:
         notes += [
             "No LIVEPUSH_JWT_SECRET (or public key / JWKS) configured: generated a development",
             "secret for this run. Mint a token for a user with:",
-            f"  livepush token --user alice --workflows '*' --secret {config.jwt_secret}",
+            # `=`: a generated secret may start with "-", which a separate argument would make
+            # look like an option.
+            f"  livepush token --user alice --workflows '*' --secret={config.jwt_secret}",
         ]
     if not config.api_key:
         config.api_key = secrets.token_urlsafe(24)

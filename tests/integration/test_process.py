@@ -29,7 +29,7 @@ def mint(*args: str) -> str:
 
 async def test_new_user_flow_with_generated_development_credentials():
     async with serve_process() as server, aiohttp.ClientSession() as http:
-        secret = re.search(r"--secret (\S+)", server.banner)
+        secret = re.search(r"--secret=(\S+)", server.banner)
         api_key = re.search(r"Authorization: Bearer (\S+)'", server.banner)
         assert secret and api_key, server.banner
         token = mint("--user", "alice", "--workflows", "*", "--secret", secret.group(1))
@@ -148,3 +148,21 @@ def test_bad_configuration_is_reported_not_a_traceback(tmp_path):
     )
     assert result.returncode == 2
     assert "no_such_setting" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_printed_token_command_works_even_when_the_secret_starts_with_a_dash():
+    """The development banner's command is copied as is; a generated secret starting with
+    "-" once made argparse take it for an option (found by CI)."""
+    from livepush.config import load_config
+    from livepush.server import apply_development_defaults
+
+    config = load_config({}, environ={})
+    notes = apply_development_defaults(config)
+    command = next(line for line in notes if "livepush token" in line).split()
+    assert command[-1].startswith("--secret=")
+    command[-1] = "--secret=-starts-with-a-dash-0123456789abcdef"
+    result = subprocess.run(
+        [sys.executable, "-m", "livepush.cli", *command[1:]], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(".") == 2

@@ -267,14 +267,7 @@ class Node:
                 if channel in own:
                     joined.append(await self._join(session, channel, resume.get(channel), own=True))
                     continue
-                if len(session.channels) >= self.limits.max_subscriptions:
-                    raise ProtocolError(
-                        ErrorCode.TOO_MANY_SUBSCRIPTIONS,
-                        f"at most {self.limits.max_subscriptions} subscriptions per connection",
-                    )
-                await self._authorize(session, channel)
-                since = resume.get(channel)
-                joined.append(await self._join(session, channel, since))
+                joined.append(await self._join_checked(session, channel, resume.get(channel)))
             except ProtocolError as exc:
                 refused.append({"channel": channel, "code": exc.code.value, "message": exc.message})
         greeting: dict[str, Any] = {
@@ -334,6 +327,18 @@ class Node:
         if not allowed:
             raise ProtocolError(ErrorCode.FORBIDDEN, f"not allowed to subscribe to {channel!r}")
 
+    async def _join_checked(
+        self, session: Session, channel: str, since: StreamPosition | None
+    ) -> _Joined:
+        """An explicit subscription: within the connection's limit, and authorized."""
+        if len(session.channels) >= self.limits.max_subscriptions:
+            raise ProtocolError(
+                ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                f"at most {self.limits.max_subscriptions} subscriptions per connection",
+            )
+        await self._authorize(session, channel)
+        return await self._join(session, channel, since)
+
     async def _join(
         self, session: Session, channel: str, since: StreamPosition | None, *, own: bool = False
     ) -> _Joined:
@@ -377,13 +382,7 @@ class Node:
                 )
             )
             return
-        if len(session.channels) >= self.limits.max_subscriptions:
-            raise ProtocolError(
-                ErrorCode.TOO_MANY_SUBSCRIPTIONS,
-                f"at most {self.limits.max_subscriptions} subscriptions per connection",
-            )
-        await self._authorize(session, channel)
-        joined = await self._join(session, channel, since)
+        joined = await self._join_checked(session, channel, since)
         reply(control_message("reply", joined.describe(), request_id))
         session.mark({channel: joined.start})
         session.release(channel, joined.missed, joined.after_offset)

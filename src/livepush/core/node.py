@@ -289,8 +289,7 @@ class Node:
     async def close_session(self, session: Session) -> None:
         """Unregister a connection whose transport has ended."""
         self.deadlines.cancel(session)
-        if not session.closed:
-            session.closed = True
+        session.closed = True
         reason = session.close_code.name.lower() if session.close_code else "client_closed"
         self.metrics.disconnects.labels(reason).inc()
         self.metrics.connections.labels(session.writer.transport).dec()

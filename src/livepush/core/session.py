@@ -233,25 +233,30 @@ class Session:
 
     def send_control(self, payload: bytes) -> None:
         """Send a control message (reply, error...) in order with publications; never dropped."""
+        self._send_in_order(payload, len(payload))
+
+    def mark(self, positions: Mapping[str, StreamPosition | None]) -> None:
+        """Record, in stream order, the client's positions in channels (None: left it)."""
+        if positions and self.writer.tracks_positions:
+            self._send_in_order(_Mark(positions), 0)
+
+    def _send_in_order(self, payload: bytes | _Mark, size: int) -> None:
+        """After anything staged: write now if the socket keeps up, else queue (never dropped)."""
         self.flush()
         if self.closed:
             return
         if self._queue is None and not self.writer.paused:
-            if not self.writer.write(self.writer.encode_control(payload)):
+            if not self.writer.write(self._encode(payload)):
                 self._lost()
             return
-        self._enqueue(payload, len(payload), None)
+        self._enqueue(payload, size, None)
 
-    def mark(self, positions: Mapping[str, StreamPosition | None]) -> None:
-        """Record, in stream order, the client's positions in channels (None: left it)."""
-        if self.closed or not positions or not self.writer.tracks_positions:
-            return
-        self.flush()
-        if self._queue is None and not self.writer.paused:
-            if not self.writer.write(self.writer.encode_mark(positions)):
-                self._lost()
-            return
-        self._enqueue(_Mark(positions), 0, None)
+    def _encode(self, payload: _Payload) -> bytes:
+        if isinstance(payload, Publication):
+            return self.writer.encode(payload)
+        if isinstance(payload, _Mark):
+            return self.writer.encode_mark(payload.positions)
+        return self.writer.encode_control(payload)
 
     def _enqueue_publication(self, publication: Publication) -> None:
         key = None
@@ -336,13 +341,8 @@ class Session:
                     self._keyed.pop(item.key, None)
                 payload = item.payload
                 if isinstance(payload, Publication):
-                    data = writer.encode(payload)
                     self.metrics.observe_write_latency(payload)
-                elif isinstance(payload, _Mark):
-                    data = writer.encode_mark(payload.positions)
-                else:
-                    data = writer.encode_control(payload)
-                if not writer.write(data):
+                if not writer.write(self._encode(payload)):
                     self._lost()
                     return
         except (ConnectionError, RuntimeError):

@@ -84,7 +84,7 @@ def authenticate(
     request: web.Request,
     node: Node,
     settings: HandshakeSettings,
-    query: dict[str, str] | None = None,
+    query: dict[str, str],
 ) -> Identity:
     """Verify the token from `Authorization: Bearer`, the `token` query parameter or the
     auth cookie, in that order."""
@@ -93,7 +93,7 @@ def authenticate(
     if authorization[:7].lower() == "bearer ":
         token = authorization[7:].strip()
     if not token:
-        token = (query if query is not None else query_params(request)).get("token")
+        token = query.get("token")
     if not token:
         token = request.cookies.get(settings.auth_cookie)
     if not token:

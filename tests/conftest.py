@@ -78,7 +78,7 @@ ServerFactory = Callable[..., Awaitable[RunningServer]]
 async def server_factory() -> AsyncIterator[ServerFactory]:
     started: list[RunningServer] = []
 
-    async def start(**overrides: Any) -> RunningServer:
+    async def start(*, handler_cancellation: bool = True, **overrides: Any) -> RunningServer:
         settings: dict[str, Any] = {
             "port": 0,
             "jwt_secret": SECRET,
@@ -87,7 +87,7 @@ async def server_factory() -> AsyncIterator[ServerFactory]:
         }
         config = load_config(settings, environ={})
         app = create_app(config)
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        runner = web.AppRunner(app, handler_cancellation=handler_cancellation, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()

@@ -26,7 +26,7 @@ from livepush.transports.handshake import (
     error_response,
     query_params,
 )
-from livepush.transports.websocket import push_endpoint
+from livepush.transports.websocket import close_all, push_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +155,7 @@ def create_app(config: Config, node: Node | None = None) -> web.Application:
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await node.start()
         yield
+        await close_all(node)
         await node.close()
 
     app.cleanup_ctx.append(lifecycle)

@@ -47,8 +47,10 @@ class CloseCode(IntEnum):
 
     NORMAL = 1000
     GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
     #: Not sent: what a client sees when the server drops a peer that stopped answering pings.
     ABNORMAL_CLOSURE = 1006
+    INVALID_PAYLOAD = 1007
     POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011

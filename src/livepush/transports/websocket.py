@@ -1,31 +1,41 @@
-"""The WebSocket transport (aiohttp).
+"""The WebSocket transport: RFC 6455 on a plain asyncio protocol.
 
-Publications are written as pre-built frames: a server frame is unmasked, so the bytes of one
-frame are identical for every recipient and are built once per publication (`ws_frame`), then
-handed to each connection's transport with no per-recipient encoding. aiohttp still owns the
-connection (handshake, reading, ping/pong, close); only data frames bypass its writer. This
-is the one place that touches aiohttp internals (`_drain_helper`, `_reader`), covered by the
-tests.
+aiohttp parses the upgrade request and runs the handshake checks; then the socket is handed
+over to a `WebSocketConnection` (one small object that is both the asyncio protocol and the
+session's `FrameWriter`), the 101 response is written, and aiohttp's request handler, parser,
+request object and task are released. An idle connection costs its transport, this object
+and its session, nothing else: no task, no coroutine frame, no reader queue, no timer.
 
-A server-initiated close is performed by the connection's own read loop: `close()` wakes it
-with a marker message, and the loop runs aiohttp's close handshake (send the close frame, wait
-for the client's). Closing from another task while the loop waits in `receive()` would make
-aiohttp drop the socket without waiting for the client's close frame, so clients would see
-1006 instead of our close code.
+- Outbound: publications are pre-built frames. A server frame is unmasked, so the bytes of
+  one frame are identical for every recipient and are built once per publication
+  (`Publication.ws_frame`), then handed to each connection's transport as they are.
+- Inbound: frames are parsed in `data_received` (masking required, no extensions, control
+  frames at most 125 bytes and unfragmented, fragmented messages reassembled under
+  `max_message_bytes`, text checked to be UTF-8). Messages go to an inbox handled by a task
+  that exists only while there is something to handle, in order; a client that sends faster
+  than its commands are handled has its socket's reading paused.
+- Closing: a server-initiated close sends the close frame after everything written so far and
+  waits (at most `CLOSE_TIMEOUT`) for the client's close frame, then closes the socket; a
+  client's close frame is echoed. Protocol violations close with 1002, invalid UTF-8 with
+  1007, an oversized message with 1009.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import hashlib
 import logging
 import struct
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import cast
 
-from aiohttp import WSMessage, WSMsgType, hdrs, web
+from aiohttp import hdrs, web
 
 from livepush.core.node import Node
-from livepush.core.session import GONE, PAUSED, SENT
+from livepush.core.session import GONE, PAUSED, SENT, Session
 from livepush.http.errors import json_error
 from livepush.protocol.envelope import Publication, StreamPosition, error_message
 from livepush.protocol.errors import CloseCode, ErrorCode, ProtocolError
@@ -34,13 +44,31 @@ from livepush.transports.sse import serve_sse
 
 log = logging.getLogger(__name__)
 
-_OP_TEXT = 0x81  # FIN + text opcode
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_OP_CONTINUATION, _OP_TEXT, _OP_BINARY = 0x0, 0x1, 0x2
+_OP_CLOSE, _OP_PING, _OP_PONG = 0x8, 0x9, 0xA
+_FIN_TEXT = 0x80 | _OP_TEXT
 _PING_FRAME = b"\x89\x00"  # FIN + ping, empty payload
 
+#: How long a server-initiated close waits for the client's close frame; also how long a
+#: client that stopped reading gets to take its close frame before the socket is reset.
+CLOSE_TIMEOUT = 5.0
+SLOW_CLOSE_GRACE = CLOSE_TIMEOUT
+#: Reading from a client pauses while this many of its messages wait to be handled, and
+#: resumes when they are down to `_INBOX_RESUME`.
+_INBOX_PAUSE = 64
+_INBOX_RESUME = 16
 
-#: A client that stopped reading gets this long to take its close frame before the socket is
-#: reset.
-SLOW_CLOSE_GRACE = 5.0
+_OPEN, _CLOSING, _CLOSED = 0, 1, 2
+
+#: Close codes a client may send (RFC 6455 section 7.4); 1005, 1006 and 1015 never go on the
+#: wire.
+_VALID_CLOSE_CODES = frozenset((1000, 1001, 1002, 1003, *range(1007, 1015))) | frozenset(
+    range(3000, 5000)
+)
+
+#: Tasks finishing closed connections (kept referenced until done).
+_finishing: set[asyncio.Task[None]] = set()
 
 
 def close_frame(code: int, reason: str) -> bytes:
@@ -53,34 +81,104 @@ def text_frame(payload: bytes) -> bytes:
     """An unmasked, unfragmented server-to-client text frame."""
     length = len(payload)
     if length < 126:
-        return bytes((_OP_TEXT, length)) + payload
+        return bytes((_FIN_TEXT, length)) + payload
     if length < 65536:
-        return struct.pack("!BBH", _OP_TEXT, 126, length) + payload
-    return struct.pack("!BBQ", _OP_TEXT, 127, length) + payload
+        return struct.pack("!BBH", _FIN_TEXT, 126, length) + payload
+    return struct.pack("!BBQ", _FIN_TEXT, 127, length) + payload
 
 
-class _CloseRequest:
-    __slots__ = ("code", "reason")
-
-    def __init__(self, code: CloseCode, reason: str) -> None:
-        self.code = code
-        self.reason = reason
+def _frame(opcode: int, payload: bytes) -> bytes:
+    return bytes((0x80 | opcode, len(payload))) + payload  # control frames: <= 125 bytes
 
 
-class WebSocketFrameWriter:
-    """`FrameWriter` over an aiohttp WebSocket connection."""
+def unmask(payload: bytes | bytearray, mask: bytes | bytearray) -> bytes:
+    """XOR the payload with the 4-byte mask (one big-integer operation, not a loop)."""
+    length = len(payload)
+    if not length:
+        return b""
+    key = (bytes(mask) * (length // 4 + 1))[:length]
+    value = int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")
+    return value.to_bytes(length, "big")
 
-    __slots__ = ("_close_requested", "_protocol", "_transport", "_ws", "awaiting_pong")
+
+def accept_key(key: str) -> str:
+    """`Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key`."""
+    digest = hashlib.sha1(key.encode() + _GUID).digest()  # RFC 6455 mandates SHA-1 here
+    return base64.b64encode(digest).decode()
+
+
+class HandshakeError(ProtocolError):
+    """A malformed WebSocket upgrade request."""
+
+    def __init__(self, message: str, *, version: bool = False) -> None:
+        super().__init__(ErrorCode.BAD_REQUEST, message)
+        self.version = version
+
+
+def check_upgrade(request: web.Request) -> str:
+    """Validate the upgrade request (RFC 6455 section 4.2.1); returns the client's key."""
+    if request.method != "GET":
+        raise HandshakeError("a WebSocket upgrade must be a GET")
+    if "upgrade" not in request.headers.get(hdrs.CONNECTION, "").lower():
+        raise HandshakeError("a WebSocket upgrade needs `Connection: Upgrade`")
+    if request.headers.get(hdrs.SEC_WEBSOCKET_VERSION, "").strip() != "13":
+        raise HandshakeError("unsupported WebSocket version; use 13", version=True)
+    key = request.headers.get(hdrs.SEC_WEBSOCKET_KEY, "").strip()
+    try:
+        valid = len(base64.b64decode(key, validate=True)) == 16
+    except (binascii.Error, ValueError):
+        valid = False
+    if not valid:
+        raise HandshakeError("Sec-WebSocket-Key must be 16 random bytes in base64")
+    return key
+
+
+class WebSocketConnection(asyncio.Protocol):
+    """One WebSocket connection: the socket's protocol and the session's `FrameWriter`."""
+
+    __slots__ = (
+        "_buffer",
+        "_close_timer",
+        "_drain_waiter",
+        "_fragment_opcode",
+        "_fragment_size",
+        "_fragments",
+        "_inbox",
+        "_max_message",
+        "_node",
+        "_paused",
+        "_peer_close_code",
+        "_reading_paused",
+        "_socket",
+        "_state",
+        "_worker",
+        "awaiting_pong",
+        "session",
+    )
     transport = "websocket"
     tracks_positions = False
 
-    def __init__(self, ws: web.WebSocketResponse, request: web.Request) -> None:
-        self._ws = ws
-        self._transport: Any = request.transport
-        self._protocol: Any = request.protocol
-        self._close_requested = False
+    def __init__(self, node: Node, max_message_bytes: int) -> None:
+        self._node = node
+        self._max_message = max_message_bytes
+        self._socket: asyncio.Transport | None = None
+        self.session: Session | None = None
+        self._state = _OPEN
+        self._buffer: bytearray | None = None
+        self._fragments: list[bytes] | None = None
+        self._fragment_opcode = 0
+        self._fragment_size = 0
+        self._inbox: deque[str | bytes] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._reading_paused = False
+        self._paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._peer_close_code: int | None = None
         #: A ping was sent and nothing has come back from the peer since.
         self.awaiting_pong = False
+
+    # -- FrameWriter: outbound ---------------------------------------------------------------
 
     def encode(self, publication: Publication) -> bytes:
         """The publication's frame, built by the first recipient and shared by all."""
@@ -91,16 +189,16 @@ class WebSocketFrameWriter:
 
     def send(self, publications: Publication | list[Publication]) -> int:
         """Write the publications' shared frames in one write (see `FrameWriter.send`)."""
-        if self._protocol.writing_paused:
+        if self._paused:
             return PAUSED
-        transport = self._transport
-        if transport.is_closing():
+        socket = self._socket
+        if socket is None or self._state or socket.is_closing():
             return GONE
         if isinstance(publications, list):
             frame = b"".join([self.encode(publication) for publication in publications])
         else:
             frame = publications.ws_frame or self.encode(publications)
-        transport.write(frame)
+        socket.write(frame)
         return SENT
 
     def encode_control(self, payload: bytes) -> bytes:
@@ -114,14 +212,14 @@ class WebSocketFrameWriter:
     @property
     def paused(self) -> bool:
         """True while the socket's buffer is over its high-water mark."""
-        return bool(self._protocol.writing_paused)
+        return self._paused
 
     def write(self, data: bytes) -> bool:
         """Write bytes, unless the connection is closing."""
-        transport = self._transport
-        if transport is None or transport.is_closing():
+        socket = self._socket
+        if socket is None or self._state or socket.is_closing():
             return False
-        transport.write(data)
+        socket.write(data)
         return True
 
     def ping(self) -> bool:
@@ -134,44 +232,309 @@ class WebSocketFrameWriter:
 
     async def drain(self) -> None:
         """Wait for the socket buffer to go under its low-water mark."""
-        await self._protocol._drain_helper()
+        if self._socket is None or self._socket.is_closing():
+            raise ConnectionResetError("connection lost")
+        if not self._paused:
+            return
+        waiter = self._drain_waiter
+        if waiter is None:
+            waiter = self._drain_waiter = asyncio.get_running_loop().create_future()
+        await asyncio.shield(waiter)
 
     def close(self, code: CloseCode, reason: str) -> None:
-        """Ask the connection's read loop to close with this code and reason (a peer that
-        stopped answering pings is dropped at once, without a close handshake)."""
+        """Start the closing handshake after everything written so far (a peer that stopped
+        answering pings is dropped at once; a slow consumer does not get to answer)."""
+        socket = self._socket
+        if socket is None or self._state:
+            return
         if code is CloseCode.ABNORMAL_CLOSURE:
-            if self._transport is not None:
-                self._transport.abort()
-            return
-        reader = self._ws._reader
-        if self._ws.closed or self._close_requested or reader is None:
-            return
-        self._close_requested = True
-        request = _CloseRequest(code, reason)
-        reader.feed_data(WSMessage(WSMsgType.ERROR, request, None), 0)
+            self.abort()
+        elif code is CloseCode.SLOW_CONSUMER:
+            self.shut(code, reason)
+        else:
+            self._state = _CLOSING
+            socket.write(close_frame(int(code), reason))
+            self._close_timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, socket.abort)
 
     def shut(self, code: CloseCode, reason: str) -> None:
         """Close without waiting for the client's close frame (it has stopped reading): the
         close frame goes after what is buffered, then the socket closes, or is reset if the
         client still has not taken it after a grace period."""
-        transport = self._transport
-        if transport is None or transport.is_closing():
+        socket = self._socket
+        if socket is None or socket.is_closing():
             return
-        transport.write(close_frame(int(code), reason))
-        transport.close()
-        asyncio.get_running_loop().call_later(SLOW_CLOSE_GRACE, transport.abort)
+        self._state = _CLOSED
+        socket.write(close_frame(int(code), reason))
+        socket.close()
+        asyncio.get_running_loop().call_later(SLOW_CLOSE_GRACE, socket.abort)
+
+    # -- asyncio protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._socket = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        waiter, self._drain_waiter = self._drain_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._state = _CLOSED
+        self._paused = False
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        waiter, self._drain_waiter = self._drain_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ConnectionResetError("connection lost"))
+            waiter.exception()  # retrieved: nobody may be waiting
+        self._inbox = None
+        self._buffer = None
+        self._fragments = None
+        if self._worker is None:
+            self._finish()
+        # else: the worker finishes the command in hand, then calls `_finish`.
+
+    def data_received(self, data: bytes) -> None:
+        if self._state == _CLOSED:
+            return
+        buffer = self._buffer
+        if buffer is None:
+            view: bytes | bytearray = data
+        else:
+            buffer += data
+            view = buffer
+        end = len(view)
+        pos = 0
+        while end - pos >= 2:
+            first, second = view[pos], view[pos + 1]
+            opcode = first & 0x0F
+            final = first & 0x80
+            if first & 0x70:
+                return self._fail(CloseCode.PROTOCOL_ERROR, "reserved bits set")
+            if not second & 0x80:
+                return self._fail(CloseCode.PROTOCOL_ERROR, "client frames must be masked")
+            length = second & 0x7F
+            header = 6
+            if length == 126:
+                if end - pos < 8:
+                    break
+                length = int.from_bytes(view[pos + 2 : pos + 4], "big")
+                header = 8
+            elif length == 127:
+                if end - pos < 14:
+                    break
+                length = int.from_bytes(view[pos + 2 : pos + 10], "big")
+                header = 14
+            if opcode & 0x8:
+                if opcode > _OP_PONG:
+                    return self._fail(CloseCode.PROTOCOL_ERROR, f"unknown opcode {opcode}")
+                if not final or length > 125:
+                    return self._fail(
+                        CloseCode.PROTOCOL_ERROR, "control frames are unfragmented, <= 125 bytes"
+                    )
+            elif opcode > _OP_BINARY:
+                return self._fail(CloseCode.PROTOCOL_ERROR, f"unknown opcode {opcode}")
+            elif length + self._fragment_size > self._max_message:
+                return self._too_big()
+            if end - pos < header + length:
+                break
+            start = pos + header
+            payload = unmask(view[start : start + length], view[start - 4 : start])
+            pos = start + length
+            self._on_frame(opcode, final, payload)
+            if self._state == _CLOSED:
+                return
+        if pos == end:
+            self._buffer = None
+        elif buffer is None:
+            self._buffer = bytearray(view[pos:])
+        else:
+            del buffer[:pos]
+
+    # -- inbound -----------------------------------------------------------------------------
+
+    def _on_frame(self, opcode: int, final: int, payload: bytes) -> None:
+        self.awaiting_pong = False
+        if opcode & 0x8:
+            if opcode == _OP_CLOSE:
+                self._on_close_frame(payload)
+            elif opcode == _OP_PING and self._state == _OPEN:
+                self.write(_frame(_OP_PONG, payload))
+            return
+        if self._state != _OPEN:
+            return  # closing: only the client's close frame matters now
+        fragments = self._fragments
+        if opcode == _OP_CONTINUATION:
+            if fragments is None:
+                return self._fail(CloseCode.PROTOCOL_ERROR, "continuation of no message")
+            fragments.append(payload)
+            if not final:
+                self._fragment_size += len(payload)
+                return
+            opcode = self._fragment_opcode
+            payload = b"".join(fragments)
+            self._fragments = None
+            self._fragment_size = 0
+        elif fragments is not None:
+            return self._fail(CloseCode.PROTOCOL_ERROR, "new message inside a fragmented one")
+        elif not final:
+            self._fragments = [payload]
+            self._fragment_opcode = opcode
+            self._fragment_size = len(payload)
+            return
+        if opcode == _OP_TEXT:
+            try:
+                text = payload.decode()
+            except UnicodeDecodeError:
+                return self._fail(CloseCode.INVALID_PAYLOAD, "text frames must be UTF-8")
+            self._deliver(text)
+        else:
+            self._deliver(payload)
+
+    def _on_close_frame(self, payload: bytes) -> None:
+        socket = self._socket
+        assert socket is not None
+        code: int | None = None
+        if len(payload) == 1:
+            return self._fail(CloseCode.PROTOCOL_ERROR, "close frame payload of one byte")
+        if payload:
+            code = int.from_bytes(payload[:2], "big")
+            if code not in _VALID_CLOSE_CODES:
+                return self._fail(CloseCode.PROTOCOL_ERROR, f"invalid close code {code}")
+            try:
+                payload[2:].decode()
+            except UnicodeDecodeError:
+                return self._fail(CloseCode.INVALID_PAYLOAD, "close reason must be UTF-8")
+        self._peer_close_code = code
+        if self._state == _OPEN:  # the client closes: echo its code
+            socket.write(_frame(_OP_CLOSE, payload[:2]))
+        self._state = _CLOSED
+        socket.close()
+
+    def _deliver(self, message: str | bytes) -> None:
+        inbox = self._inbox
+        if inbox is None:
+            inbox = self._inbox = deque()
+        inbox.append(message)
+        if len(inbox) >= _INBOX_PAUSE and not self._reading_paused and self._socket is not None:
+            self._reading_paused = True
+            self._socket.pause_reading()
+        if self._worker is None and self.session is not None:
+            self._worker = asyncio.get_running_loop().create_task(self._work(self.session))
+
+    async def _work(self, session: Session) -> None:
+        """Handle the inbox in order; exits when it is empty."""
+        node = self._node
+        try:
+            while (inbox := self._inbox) and not session.closed:
+                message = inbox.popleft()
+                if self._reading_paused and len(inbox) <= _INBOX_RESUME:
+                    self._reading_paused = False
+                    if self._socket is not None and self._state != _CLOSED:
+                        self._socket.resume_reading()
+                if isinstance(message, str):
+                    await node.handle_message(session, message)
+                else:
+                    session.send_control(
+                        error_message(
+                            ErrorCode.BINARY_NOT_SUPPORTED, "send JSON commands as text frames"
+                        )
+                    )
+        except Exception:
+            log.exception("error handling a message from %r", session)
+            session.close(CloseCode.INTERNAL_ERROR, "internal error", flush=False)
+        finally:
+            self._worker = None
+            self._inbox = None
+            if self._state == _CLOSED and (socket := self._socket) and socket.is_closing():
+                self._finish()
+
+    def _fail(self, code: CloseCode, reason: str) -> None:
+        """Fail the connection on a protocol violation: send a close frame with `code`, then
+        the end of the stream; whatever the client still sends is read and discarded (so the
+        socket is not reset before the client has read the close frame) until it closes too
+        or the close timer resets it."""
+        self._buffer = None
+        self._fragments = None
+        if self.session is not None:
+            self.session.close(code, reason, flush=False)
+        else:
+            self.close(code, reason)
+        self._state = _CLOSED
+        socket = self._socket
+        if socket is not None and not socket.is_closing() and socket.can_write_eof():
+            socket.write_eof()
+
+    def abort(self) -> None:
+        """Reset the connection now."""
+        self._state = _CLOSED
+        if self._socket is not None:
+            self._socket.abort()
+
+    def _too_big(self) -> None:
+        self._node.metrics.errors.labels(ErrorCode.MESSAGE_TOO_LARGE.value).inc()
+        self._fail(CloseCode.MESSAGE_TOO_BIG, "message too big")
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, session: Session) -> None:
+        """Attach the opened session; handle what arrived meanwhile."""
+        self.session = session
+        if self._state == _CLOSED and (self._socket is None or self._socket.is_closing()):
+            self._finish()
+        elif self._inbox and self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._work(session))
+
+    def _finish(self) -> None:
+        """The socket is gone: unregister the session (once)."""
+        session = self.session
+        if session is None:
+            return  # `start` finishes it once the session exists
+        self.session = None
+        if session.close_code is None and self._peer_close_code is not None:
+            session.close_reason = f"client closed ({self._peer_close_code})"
+        task = asyncio.get_running_loop().create_task(self._node.close_session(session))
+        _finishing.add(task)
+        task.add_done_callback(_finishing.discard)
+
+
+def _hand_over(request: web.Request, connection: WebSocketConnection, key: str) -> None:
+    """Write the 101 response and switch the socket from aiohttp's protocol to ours."""
+    socket = cast(asyncio.Transport, request.transport)
+    # Bytes after the request (a client may not send frames before the 101, but be lenient).
+    tail: bytes = getattr(request.protocol, "_message_tail", b"") or b""
+    socket.write(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + accept_key(key).encode() + b"\r\n\r\n"
+    )
+    socket.set_protocol(connection)
+    connection.connection_made(socket)
+    if tail:
+        connection.data_received(tail)
+
+
+def _release(request: web.Request) -> web.Response:
+    """Detach aiohttp's request handler from the socket it no longer owns: to it, the
+    connection is gone (it unregisters it and ends its task without touching the socket)."""
+    protocol = request.protocol
+    protocol.transport = None
+    protocol.connection_lost(None)
+    return web.Response(status=101)  # never written: aiohttp's side of the socket is gone
 
 
 def push_endpoint(
     node: Node, settings: HandshakeSettings, *, max_message_bytes: int, sse_retry_ms: int
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    """The handler of `GET {rest}/push`: WebSocket upgrades are served here, event streams by
-    `transports/sse.py`, anything else gets a 406.
+    """The handler of `GET {rest}/push`: WebSocket upgrades are served here (then handed to a
+    `WebSocketConnection`), event streams by `transports/sse.py`, anything else gets a 406.
 
-    A WebSocket connection lives in this handler's frame for its whole life, so the frame is
-    kept to one (no nested serving coroutine) and holds no handshake state. Keep-alive pings
-    come from the node's single keep-alive timer (aiohttp's per-connection heartbeat timer is
-    off); any frame from the client, a pong included, proves it alive.
+    Keep-alive pings come from the node's single keep-alive timer; any frame from the client,
+    a pong included, proves it alive.
     """
 
     async def push(request: web.Request) -> web.StreamResponse:
@@ -184,61 +547,43 @@ def push_endpoint(
                 "(Accept: text/event-stream) on this URL",
             )
         try:
+            key = check_upgrade(request) if upgrade else ""
             handshake = await accept(request, node, settings)
         except ProtocolError as exc:
             node.metrics.handshake_failures.labels(exc.code.value).inc()
-            return error_response(exc)
+            response = error_response(exc)
+            if isinstance(exc, HandshakeError) and exc.version:
+                response.headers[hdrs.SEC_WEBSOCKET_VERSION] = "13"
+            return response
         if not upgrade:
             stream = serve_sse(request, node, handshake, retry_ms=sse_retry_ms)
             del handshake  # the stream's coroutine drops its own reference when open
             return await stream
-        ws = web.WebSocketResponse(max_msg_size=max_message_bytes, compress=False, autoping=False)
-        await ws.prepare(request)
-        writer = WebSocketFrameWriter(ws, request)
-        session = await handshake.open_session(node, writer)
-        del handshake
+        connection = WebSocketConnection(node, max_message_bytes)
+        _hand_over(request, connection, key)
         try:
-            while True:
-                message = await ws.receive()
-                writer.awaiting_pong = False
-                kind = message.type
-                if kind is WSMsgType.TEXT:
-                    await node.handle_message(session, message.data)
-                elif kind is WSMsgType.PING:
-                    await ws.pong(message.data)
-                elif kind is WSMsgType.PONG:
-                    continue
-                elif kind is WSMsgType.BINARY:
-                    session.send_control(
-                        error_message(
-                            ErrorCode.BINARY_NOT_SUPPORTED, "send JSON commands as text frames"
-                        )
-                    )
-                elif kind is WSMsgType.ERROR:
-                    close_request = message.data
-                    if isinstance(close_request, _CloseRequest):
-                        await _close(ws, writer, close_request)
-                    elif ws.close_code == CloseCode.MESSAGE_TOO_BIG:
-                        node.metrics.errors.labels(ErrorCode.MESSAGE_TOO_LARGE.value).inc()
-                        session.close_code = CloseCode.MESSAGE_TOO_BIG
-                        session.close_reason = "message too big"
-                    break
-                else:  # CLOSE, CLOSING, CLOSED
-                    break
-        finally:
-            if session.close_code is None and ws.close_code is not None:
-                session.close_reason = f"client closed ({ws.close_code})"
-            await node.close_session(session)
-        return ws
+            session = await handshake.open_session(node, connection)
+        except Exception:
+            log.exception("could not open a session for %s", handshake.push_ref)
+            connection.close(CloseCode.INTERNAL_ERROR, "internal error")
+            return _release(request)
+        connection.start(session)
+        return _release(request)
 
     return push
 
 
-async def _close(
-    ws: web.WebSocketResponse, writer: WebSocketFrameWriter, request: _CloseRequest
-) -> None:
-    """Run a server-initiated close from the read loop (see the module docstring)."""
-    if request.code is CloseCode.SLOW_CONSUMER:
-        writer.shut(request.code, request.reason)
-    else:
-        await ws.close(code=int(request.code), message=request.reason.encode()[:120])
+async def close_all(node: Node, grace: float = 1.0) -> None:
+    """Shutting down: ask every client still connected to reconnect elsewhere (the node's
+    drain), reset the WebSocket connections that have not closed within `grace` seconds, and
+    wait until their sessions are unregistered. aiohttp's own shutdown does not see these
+    sockets any more."""
+    if not len(node.hub):
+        return
+    await node.drain(grace)
+    for session in node.hub.sessions():
+        if isinstance(session.writer, WebSocketConnection):
+            session.writer.abort()
+    await asyncio.sleep(0)  # connection_lost callbacks run
+    while _finishing:
+        await asyncio.gather(*list(_finishing), return_exceptions=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,26 @@ def require(tool: str) -> str:
             pytest.fail(f"{message} (CI must install it)")
         pytest.skip(message)
     return path
+
+
+def redis_url() -> str:
+    """The Redis the tests use (LIVEPUSH_TEST_REDIS_URL, default the local one); every test
+    works under its own key prefix. Skips when Redis is not running, fails in CI."""
+    url = os.environ.get("LIVEPUSH_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    host_port = url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
+    host, _, port = host_port.partition(":")
+    try:
+        with socket.create_connection((host, int(port or 6379)), timeout=1.0) as sock:
+            sock.sendall(b"PING\r\n")
+            answered = sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        answered = False
+    if not answered:
+        message = f"no Redis at {url} (start one: redis-server --daemonize yes --port 6379)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{message}; CI must start it")
+        pytest.skip(message)
+    return url
 
 
 @dataclass

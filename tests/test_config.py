@@ -203,7 +203,7 @@ def test_uncoercible_toml_value_refused_naming_the_setting(tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("name", "value"),
     [
-        ("engine", "redis"),
+        ("engine", "postgres"),
         ("rest_prefix", "rest"),
         ("ping_interval", "0"),
         ("history_ttl", "0"),

@@ -27,7 +27,16 @@ class Config:
 
     host: str = _opt("127.0.0.1", "address to listen on")
     port: int = _opt(5680, "port to listen on")
-    engine: str = _opt("memory", "engine: memory (embedded, single node)")
+    engine: str = _opt(
+        "memory", "engine: memory (embedded, single node) or redis (clusters; see redis_url)"
+    )
+    redis_url: str = _opt(
+        "redis://127.0.0.1:6379/0",
+        "Redis URL of the redis engine (redis://, rediss://, unix://); with redis_cluster, "
+        "any node of the cluster",
+    )
+    redis_cluster: bool = _opt(False, "the Redis URL is a Redis Cluster (sharded pub/sub)")
+    redis_prefix: str = _opt("livepush", "prefix of every Redis key and pub/sub channel")
     rest_prefix: str = _opt("/rest", "path prefix of the push endpoint (n8n: N8N_ENDPOINT_REST)")
     log_level: str = _opt("info", "debug, info, warning or error")
 
@@ -77,8 +86,8 @@ class Config:
 
     def validate(self) -> None:
         """Refuse contradictory settings with a message naming the setting."""
-        if self.engine != "memory":
-            raise ValueError(f"unknown engine {self.engine!r}: this build supports 'memory'")
+        if self.engine not in ("memory", "redis"):
+            raise ValueError(f"unknown engine {self.engine!r}: use 'memory' or 'redis'")
         if not self.rest_prefix.startswith("/"):
             raise ValueError("rest_prefix must start with '/'")
         self.rest_prefix = self.rest_prefix.rstrip("/")

@@ -16,6 +16,8 @@ import pytest
 
 from livepush.engines.base import Engine
 from livepush.engines.memory import memory_engine
+from livepush.engines.redis import redis_engine
+from tests.conftest import redis_url
 from livepush.protocol.envelope import Priority, Publication, StreamPosition
 
 
@@ -27,8 +29,18 @@ async def _memory(*, history_size: int, history_ttl: float) -> Engine:
     return memory_engine(history_size=history_size, history_ttl=history_ttl)
 
 
+async def _redis(*, history_size: int, history_ttl: float) -> Engine:
+    # a prefix per engine: two engines in one test (two nodes) share it, tests do not
+    return redis_engine(
+        redis_url(),
+        history_size=history_size,
+        history_ttl=history_ttl,
+        prefix=f"lptest-{uuid.uuid4().hex[:8]}",
+    )
+
+
 #: Engine name -> factory. The contract suite runs once per entry.
-ENGINE_FACTORIES: dict[str, EngineFactory] = {"memory": _memory}
+ENGINE_FACTORIES: dict[str, EngineFactory] = {"memory": _memory, "redis": _redis}
 
 MakeEngine = Callable[..., Awaitable[Engine]]
 

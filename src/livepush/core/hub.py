@@ -102,16 +102,6 @@ class Hub:
         self._by_user.setdefault(session.user_id, {})[session] = None
         return previous
 
-    def own_channels_needed(self, session: Session) -> list[str]:
-        """The session's own channels that no local session is in yet (call before `add`)."""
-        push, user, system = own_channels(session)
-        needed = [] if session.push_ref in self._by_push_ref else [push]
-        if not self._by_user.get(session.user_id) and not self._channels.get(user):
-            needed.append(user)
-        if not self._by_push_ref:
-            needed.append(system)
-        return needed
-
     def remove(self, session: Session) -> list[str]:
         """Unregister a session and its subscriptions; returns the channels (its own ones
         included) left with no local subscriber."""

@@ -125,6 +125,7 @@ class Node:
         self._tasks: list[asyncio.Task[None]] = []
         self._drained = asyncio.Event()
         self.broker.set_handler(self._on_publication)
+        self.broker.set_reset_handler(self._on_reset)
 
     async def start(self) -> None:
         """Start the engine and the node's timers (token expiry, keep-alive)."""
@@ -208,6 +209,19 @@ class Node:
         recipients = self.hub.fan_out(publication)
         self.metrics.fanned_out(publication, recipients)
 
+    def _on_reset(self, channel: str, position: StreamPosition) -> None:
+        """The channel's stream lost continuity (the engine lost history, or publications
+        could not be delivered): its subscribers continue from `position` and must refetch
+        what the channel describes, as after `recovered: false`."""
+        self.metrics.recoveries.labels("reset").inc()
+        message = control_message(
+            "channelReset",
+            {"channel": channel, "epoch": position.epoch, "offset": position.offset},
+        )
+        for session in self.hub.recipients(channel):
+            session.send_control(message)
+            session.mark({channel: position})
+
     # -- connections -------------------------------------------------------------------------
 
     async def admit(self, push_ref: str, identity: Identity) -> None:
@@ -246,9 +260,8 @@ class Node:
         own = list(own_channels(session))
         for channel in own:  # held from the moment `hub.add` routes them to this session
             session.hold(channel)
-        needed = self.hub.own_channels_needed(session)
         previous = self.hub.add(session)
-        for channel in needed:
+        for channel in own:
             await self.broker.subscribe(channel)
         if previous is not None:
             await self._forget(previous)
@@ -345,9 +358,12 @@ class Node:
         # its own channels: from `Hub.add`) until the missed ones are out, then de-duplicated
         # by offset: no gap, no duplicate.
         session.hold(channel)
-        if not own and self.hub.subscribe(session, channel):
+        if not own:
+            if self.hub.subscribe(session, channel):
+                self.metrics.channels.set(self.hub.channel_count)
+            # every subscriber waits until the broker delivers the channel (the first one's
+            # subscription may still be in flight)
             await self.broker.subscribe(channel)
-            self.metrics.channels.set(self.hub.channel_count)
         self.metrics.subscriptions.inc()
         if since is None:
             position = await self.broker.position(channel)

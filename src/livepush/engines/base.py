@@ -21,8 +21,18 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from livepush.protocol.envelope import Publication, StreamPosition
+from livepush.protocol.errors import ErrorCode, ProtocolError
 
 PublicationHandler = Callable[[Publication], None]
+#: Told that a subscribed channel's stream lost continuity (its new position).
+ResetHandler = Callable[[str, StreamPosition], None]
+
+
+class EngineUnavailable(ProtocolError):
+    """The engine cannot serve the request right now (Redis unreachable); retry later."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.ENGINE_UNAVAILABLE, message)
 
 
 class Recovery(NamedTuple):
@@ -38,10 +48,16 @@ class Broker(ABC):
 
     def __init__(self) -> None:
         self._handler: PublicationHandler = lambda publication: None
+        self._reset: ResetHandler = lambda channel, position: None
 
     def set_handler(self, handler: PublicationHandler) -> None:
         """Register the node callback that receives every publication of subscribed channels."""
         self._handler = handler
+
+    def set_reset_handler(self, handler: ResetHandler) -> None:
+        """Register the node callback told when a subscribed channel's stream lost continuity
+        (publications this node can no longer deliver): its clients must resynchronise."""
+        self._reset = handler
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Connect and start background work."""
@@ -60,11 +76,13 @@ class Broker(ABC):
 
     @abstractmethod
     async def subscribe(self, channel: str) -> None:
-        """This node wants the channel's publications (called for the first local subscriber)."""
+        """This node wants the channel's publications. Called for every local subscriber (it
+        is idempotent); returns once every publication after the channel's current position
+        will reach the handler."""
 
     @abstractmethod
     async def unsubscribe(self, channel: str) -> None:
-        """This node no longer has subscribers of the channel."""
+        """This node no longer has subscribers of the channel (called once, for the last)."""
 
     @abstractmethod
     async def position(self, channel: str) -> StreamPosition:

@@ -14,7 +14,9 @@ from livepush.auth.tokens import TokenVerifier
 from livepush.config import Config
 from livepush.core.node import Node, NodeSettings
 from livepush.core.session import SessionLimits
+from livepush.engines.base import Engine
 from livepush.engines.memory import memory_engine
+from livepush.engines.redis import redis_engine
 from livepush.http.errors import json_error, json_response
 from livepush.http.openapi import openapi_document
 from livepush.http.publish import PublishHandler
@@ -32,6 +34,19 @@ log = logging.getLogger(__name__)
 
 NODE_KEY = web.AppKey("livepush.node", Node)
 MAX_COMMANDS_PER_POST = 100
+
+
+def build_engine(config: Config) -> Engine:
+    """The configured engine."""
+    if config.engine == "redis":
+        return redis_engine(
+            config.redis_url,
+            history_size=config.history_size,
+            history_ttl=config.history_ttl,
+            prefix=config.redis_prefix,
+            cluster=config.redis_cluster,
+        )
+    return memory_engine(history_size=config.history_size, history_ttl=config.history_ttl)
 
 
 def build_node(config: Config) -> Node:
@@ -56,7 +71,7 @@ def build_node(config: Config) -> Node:
         else ClaimsPolicy()
     )
     return Node(
-        memory_engine(history_size=config.history_size, history_ttl=config.history_ttl),
+        build_engine(config),
         verifier,
         policy=policy,
         settings=NodeSettings(

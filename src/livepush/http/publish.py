@@ -14,6 +14,7 @@ import msgspec
 from aiohttp import web
 
 from livepush.core.node import Node
+from livepush.engines.base import EngineUnavailable
 from livepush.http.errors import json_error, json_response
 from livepush.protocol.channels import (
     SYSTEM,
@@ -156,13 +157,17 @@ class PublishHandler:
         except ProtocolError as exc:
             return json_error(400, exc.code, exc.message)
         # Shielded: a client that hangs up mid-batch must not leave it half published.
-        results = await asyncio.shield(self._publish_all(plan))
+        results: list[PublishResult] = []
+        try:
+            await asyncio.shield(self._publish_all(plan, results))
+        except EngineUnavailable as exc:
+            # The messages before this one are published; the client may retry the rest.
+            return json_error(503, exc.code, exc.message, published=len(results))
         if batch:
             return json_response(PublishBatchResult(results))
         return json_response(results[0])
 
-    async def _publish_all(self, plan: list[_Planned]) -> list[PublishResult]:
-        results: list[PublishResult] = []
+    async def _publish_all(self, plan: list[_Planned], results: list[PublishResult]) -> None:
         for message, channels, data in plan:
             priority = Priority.EPHEMERAL if message.priority == "ephemeral" else Priority.RELIABLE
             published = [
@@ -172,7 +177,6 @@ class PublishHandler:
                 for channel in channels
             ]
             results.append(PublishResult([_position(p) for p in published]))
-        return results
 
 
 _Planned = tuple[PublishMessage, list[str], bytes]

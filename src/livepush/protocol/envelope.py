@@ -20,7 +20,15 @@ _TYPE = re.compile(r"[A-Za-z][A-Za-z0-9_.:\-]{0,63}")
 
 #: Types the server itself emits; publishers may not use them, so clients can trust them.
 RESERVED_TYPES: Final = frozenset(
-    {"reply", "error", "connected", "unsubscribed", "disconnect", "tokenExpiring"}
+    {
+        "reply",
+        "error",
+        "connected",
+        "unsubscribed",
+        "disconnect",
+        "tokenExpiring",
+        "channelReset",
+    }
 )
 
 _encode = msgspec.json.encode

@@ -39,6 +39,7 @@ class ErrorCode(StrEnum):
     BAD_REQUEST = "bad_request"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     SHUTTING_DOWN = "shutting_down"
+    ENGINE_UNAVAILABLE = "engine_unavailable"
     INTERNAL_ERROR = "internal_error"
 
 

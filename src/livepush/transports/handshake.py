@@ -29,6 +29,7 @@ HTTP_STATUS = {
     ErrorCode.PUSH_REF_IN_USE: 409,
     ErrorCode.TOO_MANY_CONNECTIONS: 429,
     ErrorCode.SHUTTING_DOWN: 503,
+    ErrorCode.ENGINE_UNAVAILABLE: 503,
     ErrorCode.SESSION_NOT_FOUND: 404,
     ErrorCode.NOT_ACCEPTABLE: 406,
 }

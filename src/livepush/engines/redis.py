@@ -1,0 +1,579 @@
+"""The Redis engine: history in Redis Streams, fan-out through Redis pub/sub, presence in keys
+with expiry, so any number of nodes (and external publishers) share channels.
+
+Redis-level format (version 1, documented in docs/protocol.md so other languages can publish):
+
+- a channel `workflow:42` has the keys `<prefix>:{workflow:42}:m` (hash: `e` epoch, `o` newest
+  offset) and `<prefix>:{workflow:42}:s` (stream: entry id `<offset>-0`, fields `t` Redis time
+  in ms and `m` the message), and the pub/sub channel `<prefix>:{workflow:42}`; the braces are
+  a Redis Cluster hash tag, so all three live in one slot;
+- a message is JSON `{"channel", "type", "data", "ts"}` (`ts`: publish time, epoch seconds;
+  ephemeral messages add `"key"`), published as `<offset>:<epoch>:<message>` (ephemeral:
+  `::<message>`, outside the stream);
+- reliable publishing is the `lua/publish.lua` script: offset, stream append and publish in
+  one atomic step, so every node sees a channel's messages in one order.
+
+Each node subscribes only to the channels its connections are in. It tracks the newest offset
+it delivered per channel: a duplicate is dropped, a gap (a message lost while its pub/sub
+connection was down) is filled from the stream before anything newer is delivered, and when the
+stream cannot fill it (Redis lost or trimmed it; the epoch changed) the node is told through
+the broker's reset handler, which tells the clients. When the pub/sub connection drops the node
+reconnects with backoff, is not ready meanwhile, re-subscribes, and fills every channel from
+the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import secrets
+from collections.abc import AsyncIterator, Sequence
+from importlib import resources
+from typing import Any, cast
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.exceptions import RedisError
+
+from livepush.engines.base import Broker, Engine, EngineUnavailable, PresenceStore, Recovery
+from livepush.protocol.envelope import Priority, Publication, StreamPosition
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+def _script(name: str) -> str:
+    return resources.files("livepush.engines").joinpath("lua", name).read_text()
+
+
+PUBLISH_LUA = _script("publish.lua")
+RECOVER_LUA = _script("recover.lua")
+CLAIM_LUA = _script("claim.lua")
+RELEASE_LUA = _script("release.lua")
+MEMBERS_LUA = _script("members.lua")
+
+
+class WireMessage(msgspec.Struct, omit_defaults=True):
+    """A message as stored in the stream and sent over pub/sub."""
+
+    channel: str
+    type: str
+    data: msgspec.Raw
+    ts: float
+    key: str | None = None
+
+
+_decode_message = msgspec.json.Decoder(WireMessage).decode
+_encode = msgspec.json.encode
+
+
+def encode_message(publication: Publication) -> bytes:
+    """The Redis-level message of a publication."""
+    message = WireMessage(
+        publication.channel,
+        publication.type,
+        msgspec.Raw(publication.data),
+        publication.published_at,
+        publication.key,
+    )
+    return _encode(message)
+
+
+def _publication(message: bytes, offset: int | None, epoch: str | None) -> Publication:
+    wire = _decode_message(message)
+    return Publication(
+        wire.channel,
+        wire.type,
+        bytes(wire.data),
+        offset=offset,
+        epoch=epoch,
+        priority=Priority.RELIABLE if offset is not None else Priority.EPHEMERAL,
+        key=wire.key,
+        published_at=wire.ts,
+    )
+
+
+def new_epoch() -> str:
+    """A fresh random epoch."""
+    return secrets.token_hex(6)
+
+
+class Keys:
+    """Key names of a channel (one Redis Cluster slot per channel, via the hash tag)."""
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def meta(self, channel: str) -> str:
+        return f"{self.prefix}:{{{channel}}}:m"
+
+    def stream(self, channel: str) -> str:
+        return f"{self.prefix}:{{{channel}}}:s"
+
+    def pubsub(self, channel: str) -> str:
+        return f"{self.prefix}:{{{channel}}}"
+
+    def channel_of(self, pubsub_name: str) -> str:
+        return pubsub_name[len(self.prefix) + 2 : -1]
+
+    def claim(self, name: str) -> str:
+        return f"{self.prefix}:c:{{{name}}}"
+
+    def presence(self, channel: str) -> tuple[str, str]:
+        return f"{self.prefix}:p:{{{channel}}}:z", f"{self.prefix}:p:{{{channel}}}:h"
+
+
+def connect(url: str, *, cluster: bool = False, retries: int = 3) -> aioredis.Redis | RedisCluster:
+    """A Redis client. Commands are retried a few times; the pub/sub client gets no retries,
+    so that the broker sees every disconnect and resynchronises."""
+    if retries:
+        retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries)
+    else:
+        retry = Retry(NoBackoff(), 0)
+    if cluster:
+        return RedisCluster.from_url(url, retry=retry)
+    return aioredis.Redis.from_url(url, retry=retry, health_check_interval=10)
+
+
+class _Channel:
+    """A subscribed channel: the newest delivered position, and what waits behind a fill."""
+
+    __slots__ = ("confirmed", "epoch", "filling", "offset", "pending", "ready")
+
+    def __init__(self) -> None:
+        self.confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.ready = False
+        self.filling = False
+        self.epoch = ""
+        self.offset = 0
+        self.pending: list[tuple[int, str, bytes]] = []
+
+
+class RedisBroker(Broker):
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        history_size: int = 1000,
+        history_ttl: float = 300.0,
+        stream_ttl: float = 3600.0,
+        prefix: str = "livepush",
+        cluster: bool = False,
+        fill_limit: int = 10_000,
+        reconnect_base: float = 0.1,
+        reconnect_cap: float = 5.0,
+        subscribe_timeout: float = 10.0,
+    ) -> None:
+        super().__init__()
+        self.url = url
+        self.cluster = cluster
+        self.keys = Keys(prefix)
+        self._history_size = str(history_size)
+        self._history_ttl_ms = str(int(history_ttl * 1000))
+        self._stream_ttl_ms = str(int(max(stream_ttl, history_ttl) * 1000))
+        self._fill_limit = fill_limit
+        self._reconnect_base = reconnect_base
+        self._reconnect_cap = reconnect_cap
+        self._subscribe_timeout = subscribe_timeout
+        self._redis: Any = None
+        self._publish_script: Any = None
+        self._recover_script: Any = None
+        self._pubsub: Any = None
+        self._pubsub_redis: Any = None
+        self._reader: asyncio.Task[None] | None = None
+        self._channels: dict[str, _Channel] = {}
+        self._connected = asyncio.Event()
+        self._closing = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect (commands and pub/sub) and start reading."""
+        self._redis = connect(self.url, cluster=self.cluster)
+        self._publish_script = self._redis.register_script(PUBLISH_LUA)
+        self._recover_script = self._redis.register_script(RECOVER_LUA)
+        self._pubsub_redis = connect(self.url, cluster=self.cluster, retries=0)
+        await self._redis.ping()
+        await self._open_pubsub()
+        self._connected.set()
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def close(self) -> None:
+        """Stop reading and disconnect."""
+        self._closing = True
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        for task in list(self._tasks):
+            task.cancel()
+        if self._pubsub is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._pubsub.aclose()
+        for client in (self._pubsub_redis, self._redis):
+            if client is not None:
+                with contextlib.suppress(RedisError, OSError):
+                    await client.aclose()
+
+    @property
+    def ready(self) -> bool:
+        """False while the pub/sub connection is down (publications would not reach us)."""
+        return self._connected.is_set()
+
+    # -- publishing --------------------------------------------------------------------------
+
+    async def publish(self, publication: Publication) -> Publication:
+        """See `Broker.publish`."""
+        channel = publication.channel
+        message = encode_message(publication)
+        name = self.keys.pubsub(channel)
+        if publication.priority is Priority.EPHEMERAL:
+            command = "SPUBLISH" if self.cluster else "PUBLISH"
+            async with _unavailable_on_error():
+                await self._redis.execute_command(command, name, b"::" + message)
+            return publication
+        async with _unavailable_on_error():
+            offset, epoch = await self._publish_script(
+                keys=[self.keys.meta(channel), self.keys.stream(channel)],
+                args=[
+                    name,
+                    message,
+                    self._history_size,
+                    self._history_ttl_ms,
+                    self._stream_ttl_ms,
+                    new_epoch(),
+                    "1" if self.cluster else "0",
+                ],
+            )
+        return publication.with_position(int(offset), _text(epoch))
+
+    async def position(self, channel: str) -> StreamPosition:
+        """See `Broker.position`."""
+        epoch, offset, _ = await self._run_recover(channel, "", 0, 0)
+        return StreamPosition(epoch, offset)
+
+    async def recover(self, channel: str, since: StreamPosition, limit: int) -> Recovery:
+        """See `Broker.recover`."""
+        epoch, top, messages = await self._run_recover(channel, since.epoch, since.offset, limit)
+        position = StreamPosition(epoch, top)
+        if messages is None:
+            return Recovery(position, [], False)
+        publications = [
+            _publication(message, since.offset + i, epoch) for i, message in enumerate(messages, 1)
+        ]
+        return Recovery(position, publications, True)
+
+    async def _run_recover(
+        self, channel: str, epoch: str, offset: int, limit: int
+    ) -> tuple[str, int, list[bytes] | None]:
+        async with _unavailable_on_error():
+            result = await self._recover_script(
+                keys=[self.keys.meta(channel), self.keys.stream(channel)],
+                args=[epoch, offset, limit, self._history_ttl_ms, self._stream_ttl_ms, new_epoch()],
+            )
+        recovered = int(result[2]) == 1
+        return _text(result[0]), int(result[1]), list(result[3:]) if recovered else None
+
+    # -- subscriptions -----------------------------------------------------------------------
+
+    async def subscribe(self, channel: str) -> None:
+        """Subscribe to the channel's pub/sub, then read where its stream stands: everything
+        after that position is delivered, in order."""
+        state = self._channels.get(channel)
+        if state is None:
+            state = self._channels[channel] = _Channel()
+            if self._connected.is_set():
+                # on failure the reader reconnects and re-subscribes every channel
+                with contextlib.suppress(RedisError, OSError):
+                    await self._pubsub_subscribe([channel])
+        try:
+            async with asyncio.timeout(self._subscribe_timeout):
+                await self._until_ready(channel, state)
+        except TimeoutError:
+            raise EngineUnavailable(
+                f"Redis did not confirm the subscription to {channel}"
+            ) from None
+
+    async def _until_ready(self, channel: str, state: _Channel) -> None:
+        if state.ready:
+            return
+        await asyncio.shield(state.confirmed)
+        if state.ready or self._channels.get(channel) is not state:
+            return
+        position = await self.position(channel)
+        if state.ready or self._channels.get(channel) is not state:
+            return
+        state.epoch, state.offset = position
+        state.ready = True
+        self._drain(channel, state)
+
+    async def unsubscribe(self, channel: str) -> None:
+        """Leave the channel's pub/sub."""
+        state = self._channels.pop(channel, None)
+        if state is None:
+            return
+        if not state.confirmed.done():
+            state.confirmed.cancel()
+        if self._connected.is_set():
+            with contextlib.suppress(RedisError, OSError):
+                if self.cluster:
+                    await self._pubsub.sunsubscribe(self.keys.pubsub(channel))
+                else:
+                    await self._pubsub.unsubscribe(self.keys.pubsub(channel))
+
+    @property
+    def channel_count(self) -> int:
+        """Channels this node is subscribed to in Redis."""
+        return len(self._channels)
+
+    async def _pubsub_subscribe(self, channels: Sequence[str]) -> None:
+        names = [self.keys.pubsub(c) for c in channels]
+        for i in range(0, len(names), 1000):
+            if self.cluster:
+                await self._pubsub.ssubscribe(*names[i : i + 1000])
+            else:
+                await self._pubsub.subscribe(*names[i : i + 1000])
+
+    async def _open_pubsub(self) -> None:
+        self._pubsub = self._pubsub_redis.pubsub()
+        if self.cluster:
+            return  # ClusterPubSub connects per shard on ssubscribe
+        # a connection of its own, made now, so a failure shows here
+        await self._pubsub.connect()
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def _read(self) -> None:
+        attempt = 0
+        while not self._closing:
+            try:
+                await self._read_until_error()
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                log.warning("redis pub/sub connection lost (%s); reconnecting", exc)
+            if self._closing:
+                return
+            self._connected.clear()
+            while not self._closing:
+                attempt += 1
+                delay = random.uniform(
+                    0, min(self._reconnect_cap, self._reconnect_base * 2 ** min(attempt, 16))
+                )
+                await asyncio.sleep(delay)
+                try:
+                    await self._reconnect()
+                except (RedisError, OSError) as exc:
+                    log.info("redis reconnect attempt %d failed: %s", attempt, exc)
+                    continue
+                log.warning(
+                    "redis pub/sub reconnected; resynchronising %d channels", len(self._channels)
+                )
+                attempt = 0
+                break
+
+    async def _reconnect(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._pubsub.aclose()
+        await self._redis.ping()
+        await self._open_pubsub()
+        channels = list(self._channels)
+        if channels:
+            await self._pubsub_subscribe(channels)
+        self._connected.set()
+        for channel in channels:
+            state = self._channels.get(channel)
+            if state is not None and state.ready:
+                self._start_fill(channel, state)
+
+    async def _read_until_error(self) -> None:
+        pubsub = self._pubsub
+        get = pubsub.get_sharded_message if self.cluster else pubsub.get_message
+        while True:
+            message = await get(ignore_subscribe_messages=False, timeout=1.0)
+            if message is None:
+                continue
+            kind = message["type"]
+            if kind in (b"message", "message", b"smessage", "smessage"):
+                self._on_message(_text(message["channel"]), message["data"])
+            elif kind in (b"subscribe", "subscribe", b"ssubscribe", "ssubscribe"):
+                state = self._channels.get(self.keys.channel_of(_text(message["channel"])))
+                if state is not None and not state.confirmed.done():
+                    state.confirmed.set_result(None)
+
+    def _on_message(self, name: str, payload: bytes) -> None:
+        channel = self.keys.channel_of(name)
+        state = self._channels.get(channel)
+        if state is None:
+            return
+        offset_text, epoch_bytes, message = payload.split(b":", 2)
+        if not offset_text:  # ephemeral
+            if state.ready:
+                self._handler(_publication(message, None, None))
+            return
+        if not state.confirmed.done():  # a message can only follow the confirmation
+            state.confirmed.set_result(None)
+        item = (int(offset_text), epoch_bytes.decode(), message)
+        if not state.ready or state.filling:
+            state.pending.append(item)
+            return
+        self._accept(channel, state, *item)
+
+    def _accept(
+        self, channel: str, state: _Channel, offset: int, epoch: str, message: bytes
+    ) -> None:
+        if epoch != state.epoch:
+            # The stream was recreated (Redis lost it): the clients must resynchronise.
+            state.epoch, state.offset = epoch, offset - 1
+            self._reset(channel, StreamPosition(epoch, offset - 1))
+        elif offset <= state.offset:
+            return  # already delivered (from the stream, during a fill)
+        elif offset > state.offset + 1:
+            state.pending.append((offset, epoch, message))
+            self._start_fill(channel, state)
+            return
+        state.offset = offset
+        self._handler(_publication(message, offset, epoch))
+
+    def _start_fill(self, channel: str, state: _Channel) -> None:
+        state.filling = True
+        task = asyncio.get_running_loop().create_task(self._fill(channel, state))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _fill(self, channel: str, state: _Channel) -> None:
+        """Deliver what the stream holds after the newest delivered offset, then what waited."""
+        try:
+            since = StreamPosition(state.epoch, state.offset)
+            for attempt in range(5):
+                try:
+                    recovery = await self.recover(channel, since, self._fill_limit)
+                    break
+                except EngineUnavailable:
+                    await asyncio.sleep(0.1 * 2**attempt)
+            else:
+                recovery = Recovery(await self.position(channel), [], False)
+            if self._channels.get(channel) is not state:
+                return
+            if recovery.recovered:
+                for publication in recovery.publications:
+                    state.offset = cast(int, publication.offset)
+                    self._handler(publication)
+            else:
+                state.epoch, state.offset = recovery.position
+                self._reset(channel, recovery.position)
+        except EngineUnavailable as exc:
+            log.warning("could not resynchronise %s: %s", channel, exc)
+        finally:
+            state.filling = False
+            if self._channels.get(channel) is state:
+                self._drain(channel, state)
+
+    def _drain(self, channel: str, state: _Channel) -> None:
+        pending, state.pending = state.pending, []
+        for index, item in enumerate(pending):
+            self._accept(channel, state, *item)
+            if state.filling:  # a new gap: the rest waits behind that fill
+                state.pending.extend(pending[index + 1 :])
+                return
+
+
+class RedisPresence(PresenceStore):
+    """Claims and channel presence in Redis keys with expiry."""
+
+    def __init__(self, url: str, *, prefix: str = "livepush", cluster: bool = False) -> None:
+        self.url = url
+        self.cluster = cluster
+        self.keys = Keys(prefix)
+        self._redis: Any = None
+        self._claim: Any = None
+        self._release: Any = None
+        self._members: Any = None
+
+    async def start(self) -> None:
+        """Connect."""
+        self._redis = connect(self.url, cluster=self.cluster)
+        self._claim = self._redis.register_script(CLAIM_LUA)
+        self._release = self._redis.register_script(RELEASE_LUA)
+        self._members = self._redis.register_script(MEMBERS_LUA)
+
+    async def close(self) -> None:
+        """Disconnect."""
+        if self._redis is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._redis.aclose()
+
+    async def claim(self, name: str, owner: str, ttl: float) -> bool:
+        """See `PresenceStore.claim`."""
+        result = await self._claim(keys=[self.keys.claim(name)], args=[owner, _ms(ttl)])
+        return int(result) == 1
+
+    async def release(self, name: str, owner: str, ttl: float) -> None:
+        """See `PresenceStore.release`."""
+        await self._release(keys=[self.keys.claim(name)], args=[owner, _ms(ttl) if ttl > 0 else 0])
+
+    async def join(self, channel: str, client_id: str, info: dict[str, Any], ttl: float) -> None:
+        """See `PresenceStore.join`."""
+        await self._members(
+            keys=list(self.keys.presence(channel)),
+            args=["join", client_id, _encode(info), _ms(ttl)],
+        )
+
+    async def leave(self, channel: str, client_id: str) -> None:
+        """See `PresenceStore.leave`."""
+        await self._members(keys=list(self.keys.presence(channel)), args=["leave", client_id])
+
+    async def members(self, channel: str) -> dict[str, dict[str, Any]]:
+        """See `PresenceStore.members`."""
+        flat = await self._members(keys=list(self.keys.presence(channel)), args=["members"])
+        return {_text(flat[i]): msgspec.json.decode(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
+@contextlib.asynccontextmanager
+async def _unavailable_on_error() -> AsyncIterator[None]:
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise EngineUnavailable(f"Redis: {exc}") from exc
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def redis_engine(
+    url: str,
+    *,
+    history_size: int = 1000,
+    history_ttl: float = 300.0,
+    stream_ttl: float = 3600.0,
+    prefix: str = "livepush",
+    cluster: bool = False,
+) -> Engine:
+    """The cluster engine."""
+    return Engine(
+        RedisBroker(
+            url,
+            history_size=history_size,
+            history_ttl=history_ttl,
+            stream_ttl=stream_ttl,
+            prefix=prefix,
+            cluster=cluster,
+        ),
+        RedisPresence(url, prefix=prefix, cluster=cluster),
+    )

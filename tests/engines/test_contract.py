@@ -17,8 +17,8 @@ import pytest
 from livepush.engines.base import Engine
 from livepush.engines.memory import memory_engine
 from livepush.engines.redis import redis_engine
-from tests.conftest import redis_url
 from livepush.protocol.envelope import Priority, Publication, StreamPosition
+from tests.conftest import redis_url
 
 
 class EngineFactory(Protocol):

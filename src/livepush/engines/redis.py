@@ -131,16 +131,19 @@ class Keys:
         return f"{self.prefix}:p:{{{channel}}}:z", f"{self.prefix}:p:{{{channel}}}:h"
 
 
-def connect(url: str, *, cluster: bool = False, retries: int = 3) -> aioredis.Redis | RedisCluster:
+def connect(
+    url: str, *, cluster: bool = False, retries: int = 3, name: str | None = None
+) -> aioredis.Redis | RedisCluster:
     """A Redis client. Commands are retried a few times; the pub/sub client gets no retries,
-    so that the broker sees every disconnect and resynchronises."""
+    so that the broker sees every disconnect and resynchronises. `name` shows in CLIENT
+    LIST."""
     if retries:
         retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries)
     else:
         retry = Retry(NoBackoff(), 0)
     if cluster:
-        return RedisCluster.from_url(url, retry=retry)
-    return aioredis.Redis.from_url(url, retry=retry, health_check_interval=10)
+        return RedisCluster.from_url(url, retry=retry, client_name=name)
+    return aioredis.Redis.from_url(url, retry=retry, health_check_interval=10, client_name=name)
 
 
 class _Channel:
@@ -203,7 +206,9 @@ class RedisBroker(Broker):
         self._redis = connect(self.url, cluster=self.cluster)
         self._publish_script = self._redis.register_script(PUBLISH_LUA)
         self._recover_script = self._redis.register_script(RECOVER_LUA)
-        self._pubsub_redis = connect(self.url, cluster=self.cluster, retries=0)
+        self._pubsub_redis = connect(
+            self.url, cluster=self.cluster, retries=0, name=f"{self.keys.prefix}-pubsub"
+        )
         await self._redis.ping()
         await self._open_pubsub()
         self._connected.set()

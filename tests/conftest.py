@@ -131,3 +131,15 @@ async def server(server_factory: ServerFactory) -> RunningServer:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+@pytest.fixture
+async def private_redis() -> AsyncIterator[Any]:
+    """A `redis-server` of the test's own (no persistence), which the test may kill and
+    restart; killed at the end."""
+    from tests.integration.redis_process import RedisProcess
+
+    server = RedisProcess()
+    await server.start()
+    yield server
+    await server.kill()

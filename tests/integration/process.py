@@ -8,7 +8,7 @@ import os
 import re
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 _LISTENING = re.compile(rb"listening on http://[^:]+:(\d+)")
 
@@ -20,10 +20,17 @@ class ServerProcess:
     process: asyncio.subprocess.Process
     port: int
     banner: str
+    #: Everything printed after the banner (for failure messages).
+    output: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def kill(self) -> None:
+        """SIGKILL: the node dies without a word to anyone."""
+        if self.process.returncode is None:
+            self.process.kill()
 
     async def stop(self, timeout: float = 15.0) -> int:
         if self.process.returncode is None:
@@ -62,7 +69,7 @@ async def serve_process(
             if match:
                 break
     running = ServerProcess(process, int(match.group(1)), banner.decode())
-    drain = asyncio.create_task(_drain(process.stdout))
+    drain = asyncio.create_task(_drain(process.stdout, running.output))
     try:
         yield running
     finally:
@@ -72,6 +79,7 @@ async def serve_process(
         drain.cancel()
 
 
-async def _drain(stream: asyncio.StreamReader) -> None:
-    while await stream.readline():
-        pass
+async def _drain(stream: asyncio.StreamReader, output: list[str]) -> None:
+    while line := await stream.readline():
+        output.append(line.decode(errors="replace"))
+        del output[:-200]

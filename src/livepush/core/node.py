@@ -49,11 +49,9 @@ from livepush.protocol.envelope import (
     Priority,
     Publication,
     StreamPosition,
-    compact_raw_object,
     control_message,
-    encode_data,
     error_message,
-    validate_type,
+    new_publication,
 )
 from livepush.protocol.errors import CloseCode, ErrorCode, ProtocolError
 
@@ -165,25 +163,17 @@ class Node:
         priority: Priority = Priority.RELIABLE,
         key: str | None = None,
     ) -> Publication:
-        """Publish one message to one channel; returns it placed at its stream position.
-
-        `data` is a dict, or the JSON bytes of an object (as received and validated by the
-        HTTP API, so they are never decoded and re-encoded). Bytes are trusted to be valid
-        JSON: only their first character is checked.
-        """
-        parse_channel(channel)
-        validate_type(message_type)
-        encoded = compact_raw_object(data) if isinstance(data, bytes) else encode_data(data)
-        if len(encoded) > self.settings.max_publish_bytes:
-            raise ProtocolError(
-                ErrorCode.PAYLOAD_TOO_LARGE,
-                f"data is {len(encoded)} bytes; the limit is {self.settings.max_publish_bytes}",
-            )
-        if key is not None and (not isinstance(key, str) or len(key) > 256):
-            raise ProtocolError(ErrorCode.INVALID_MESSAGE, "key must be a string of <= 256 chars")
-        placed = await self.broker.publish(
-            Publication(channel, message_type, encoded, priority=priority, key=key)
+        """Publish one message to one channel; returns it placed at its stream position
+        (see `new_publication` for what `data` may be)."""
+        publication = new_publication(
+            channel,
+            message_type,
+            data,
+            priority=priority,
+            key=key,
+            max_bytes=self.settings.max_publish_bytes,
         )
+        placed = await self.broker.publish(publication)
         self.metrics.publications.labels(metric_label(message_type)).inc()
         return placed
 

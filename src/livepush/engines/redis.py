@@ -160,8 +160,9 @@ class _Channel:
         self.pending: list[tuple[int, str, bytes]] = []
 
 
-class RedisBroker(Broker):
-    """See the module docstring."""
+class RedisStreams:
+    """The command side of the Redis engine: publish (the atomic script), position, recover.
+    Used by every node's broker and by external publishers (`livepush.publisher`)."""
 
     def __init__(
         self,
@@ -172,71 +173,30 @@ class RedisBroker(Broker):
         stream_ttl: float = 3600.0,
         prefix: str = "livepush",
         cluster: bool = False,
-        fill_limit: int = 10_000,
-        reconnect_base: float = 0.1,
-        reconnect_cap: float = 5.0,
-        subscribe_timeout: float = 10.0,
     ) -> None:
-        super().__init__()
         self.url = url
         self.cluster = cluster
         self.keys = Keys(prefix)
         self._history_size = str(history_size)
         self._history_ttl_ms = str(int(history_ttl * 1000))
         self._stream_ttl_ms = str(int(max(stream_ttl, history_ttl) * 1000))
-        self._fill_limit = fill_limit
-        self._reconnect_base = reconnect_base
-        self._reconnect_cap = reconnect_cap
-        self._subscribe_timeout = subscribe_timeout
-        self._redis: Any = None
+        self.redis: Any = None
         self._publish_script: Any = None
         self._recover_script: Any = None
-        self._pubsub: Any = None
-        self._pubsub_redis: Any = None
-        self._reader: asyncio.Task[None] | None = None
-        self._channels: dict[str, _Channel] = {}
-        self._connected = asyncio.Event()
-        self._closing = False
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Connect (commands and pub/sub) and start reading."""
-        self._redis = connect(self.url, cluster=self.cluster)
-        self._publish_script = self._redis.register_script(PUBLISH_LUA)
-        self._recover_script = self._redis.register_script(RECOVER_LUA)
-        self._pubsub_redis = connect(
-            self.url, cluster=self.cluster, retries=0, name=f"{self.keys.prefix}-pubsub"
-        )
-        await self._redis.ping()
-        await self._open_pubsub()
-        self._connected.set()
-        self._reader = asyncio.get_running_loop().create_task(self._read())
+        """Connect (fails if Redis is unreachable)."""
+        self.redis = connect(self.url, cluster=self.cluster)
+        self._publish_script = self.redis.register_script(PUBLISH_LUA)
+        self._recover_script = self.redis.register_script(RECOVER_LUA)
+        async with _unavailable_on_error():
+            await self.redis.ping()
 
     async def close(self) -> None:
-        """Stop reading and disconnect."""
-        self._closing = True
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-        for task in list(self._tasks):
-            task.cancel()
-        if self._pubsub is not None:
+        """Disconnect."""
+        if self.redis is not None:
             with contextlib.suppress(RedisError, OSError):
-                await self._pubsub.aclose()
-        for client in (self._pubsub_redis, self._redis):
-            if client is not None:
-                with contextlib.suppress(RedisError, OSError):
-                    await client.aclose()
-
-    @property
-    def ready(self) -> bool:
-        """False while the pub/sub connection is down (publications would not reach us)."""
-        return self._connected.is_set()
-
-    # -- publishing --------------------------------------------------------------------------
+                await self.redis.aclose()
 
     async def publish(self, publication: Publication) -> Publication:
         """See `Broker.publish`."""
@@ -246,7 +206,7 @@ class RedisBroker(Broker):
         if publication.priority is Priority.EPHEMERAL:
             command = "SPUBLISH" if self.cluster else "PUBLISH"
             async with _unavailable_on_error():
-                await self._redis.execute_command(command, name, b"::" + message)
+                await self.redis.execute_command(command, name, b"::" + message)
             return publication
         async with _unavailable_on_error():
             offset, epoch = await self._publish_script(
@@ -289,6 +249,96 @@ class RedisBroker(Broker):
             )
         recovered = int(result[2]) == 1
         return _text(result[0]), int(result[1]), list(result[3:]) if recovered else None
+
+
+class RedisBroker(Broker):
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        history_size: int = 1000,
+        history_ttl: float = 300.0,
+        stream_ttl: float = 3600.0,
+        prefix: str = "livepush",
+        cluster: bool = False,
+        fill_limit: int = 10_000,
+        reconnect_base: float = 0.1,
+        reconnect_cap: float = 5.0,
+        subscribe_timeout: float = 10.0,
+    ) -> None:
+        super().__init__()
+        self.url = url
+        self.cluster = cluster
+        self.keys = Keys(prefix)
+        self.streams = RedisStreams(
+            url,
+            history_size=history_size,
+            history_ttl=history_ttl,
+            stream_ttl=stream_ttl,
+            prefix=prefix,
+            cluster=cluster,
+        )
+        self._fill_limit = fill_limit
+        self._reconnect_base = reconnect_base
+        self._reconnect_cap = reconnect_cap
+        self._subscribe_timeout = subscribe_timeout
+        self._pubsub: Any = None
+        self._pubsub_redis: Any = None
+        self._reader: asyncio.Task[None] | None = None
+        self._channels: dict[str, _Channel] = {}
+        self._connected = asyncio.Event()
+        self._closing = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect (commands and pub/sub) and start reading."""
+        await self.streams.start()
+        self._pubsub_redis = connect(
+            self.url, cluster=self.cluster, retries=0, name=f"{self.keys.prefix}-pubsub"
+        )
+        await self._open_pubsub()
+        self._connected.set()
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def close(self) -> None:
+        """Stop reading and disconnect."""
+        self._closing = True
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        for task in list(self._tasks):
+            task.cancel()
+        if self._pubsub is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._pubsub.aclose()
+        if self._pubsub_redis is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._pubsub_redis.aclose()
+        await self.streams.close()
+
+    @property
+    def ready(self) -> bool:
+        """False while the pub/sub connection is down (publications would not reach us)."""
+        return self._connected.is_set()
+
+    # -- publishing --------------------------------------------------------------------------
+
+    async def publish(self, publication: Publication) -> Publication:
+        """See `Broker.publish`."""
+        return await self.streams.publish(publication)
+
+    async def position(self, channel: str) -> StreamPosition:
+        """See `Broker.position`."""
+        return await self.streams.position(channel)
+
+    async def recover(self, channel: str, since: StreamPosition, limit: int) -> Recovery:
+        """See `Broker.recover`."""
+        return await self.streams.recover(channel, since, limit)
 
     # -- subscriptions -----------------------------------------------------------------------
 
@@ -391,7 +441,6 @@ class RedisBroker(Broker):
     async def _reconnect(self) -> None:
         with contextlib.suppress(Exception):
             await self._pubsub.aclose()
-        await self._redis.ping()
         await self._open_pubsub()
         channels = list(self._channels)
         if channels:

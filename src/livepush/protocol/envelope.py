@@ -14,6 +14,7 @@ from typing import Any, Final, NamedTuple
 
 import msgspec
 
+from livepush.protocol.channels import parse_channel
 from livepush.protocol.errors import ErrorCode, ProtocolError
 
 _TYPE = re.compile(r"[A-Za-z][A-Za-z0-9_.:\-]{0,63}")
@@ -155,6 +156,32 @@ def compact_raw_object(raw: bytes) -> bytes:
     if b"\n" in stripped or b"\r" in stripped:
         return msgspec.json.format(stripped, indent=-1)
     return stripped
+
+
+def new_publication(
+    channel: str,
+    message_type: str,
+    data: dict[str, Any] | bytes,
+    *,
+    priority: Priority = Priority.RELIABLE,
+    key: str | None = None,
+    max_bytes: int,
+) -> Publication:
+    """A validated publication (not yet placed in its stream): what every publisher checks.
+
+    `data` is a dict, or the JSON bytes of an object (as received and validated by the HTTP
+    API, so they are never decoded and re-encoded). Bytes are trusted to be valid JSON: only
+    their first character is checked."""
+    parse_channel(channel)
+    validate_type(message_type)
+    encoded = compact_raw_object(data) if isinstance(data, bytes) else encode_data(data)
+    if len(encoded) > max_bytes:
+        raise ProtocolError(
+            ErrorCode.PAYLOAD_TOO_LARGE, f"data is {len(encoded)} bytes; the limit is {max_bytes}"
+        )
+    if key is not None and (not isinstance(key, str) or len(key) > 256):
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "key must be a string of <= 256 chars")
+    return Publication(channel, message_type, encoded, priority=priority, key=key)
 
 
 def control_message(message_type: str, data: dict[str, Any], request_id: Any = None) -> bytes:

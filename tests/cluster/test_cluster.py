@@ -1,0 +1,183 @@
+"""Fault tests of a livepush cluster: real `livepush serve --engine redis` processes on a real
+Redis, real WebSocket clients, all on loopback, each bounded in time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+
+from livepush.auth.tokens import mint_token
+from livepush.publisher import Publisher
+from tests.conftest import API_KEY, SECRET, redis_url
+from tests.integration.process import ServerProcess, serve_process
+from tests.integration.redis_process import RedisProcess
+
+
+@contextlib.asynccontextmanager
+async def cluster(
+    size: int, url: str, prefix: str | None = None, **env: str
+) -> AsyncIterator[list[ServerProcess]]:
+    """`size` nodes on one Redis under one key prefix."""
+    environ = {
+        "LIVEPUSH_ENGINE": "redis",
+        "LIVEPUSH_REDIS_URL": url,
+        "LIVEPUSH_REDIS_PREFIX": prefix or f"lpcluster-{uuid.uuid4().hex[:8]}",
+        "LIVEPUSH_JWT_SECRET": SECRET,
+        "LIVEPUSH_API_KEY": API_KEY,
+        **env,
+    }
+    async with contextlib.AsyncExitStack() as stack:
+        nodes = [await stack.enter_async_context(serve_process(env=environ)) for _ in range(size)]
+        yield nodes
+
+
+class Watcher:
+    """A WebSocket client that records every message it receives."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.messages: list[dict[str, Any]] = []
+        self.closed = asyncio.Event()
+        self._task = asyncio.create_task(self._read())
+
+    @classmethod
+    async def connect(
+        cls, http: aiohttp.ClientSession, node: ServerProcess, push_ref: str, channels: str
+    ) -> Watcher:
+        token = mint_token(SECRET, "alice", workflows=["*"])
+        ws = await http.ws_connect(
+            f"{node.url}/rest/push?pushRef={push_ref}&token={token}&channels={channels}"
+        )
+        watcher = cls(ws)
+        await watcher.wait(lambda: watcher.of_type("connected"))
+        return watcher
+
+    async def _read(self) -> None:
+        async for message in self.ws:
+            if message.type is aiohttp.WSMsgType.TEXT:
+                self.messages.append(json.loads(message.data))
+        self.closed.set()
+
+    def of_type(self, message_type: str) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m["type"] == message_type]
+
+    def on(self, channel: str) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m.get("channel") == channel]
+
+    async def wait(self, condition: Any, timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not condition():  # noqa: ASYNC110 - polls what the reader task collected
+                await asyncio.sleep(0.01)
+
+    async def close(self) -> None:
+        await self.ws.close()
+        await self._task
+
+
+async def publish(http: aiohttp.ClientSession, node: ServerProcess, body: Any) -> Any:
+    async with http.post(
+        f"{node.url}/api/v1/publish", json=body, headers={"Authorization": f"Bearer {API_KEY}"}
+    ) as response:
+        return response.status, await response.json()
+
+
+async def ready(http: aiohttp.ClientSession, node: ServerProcess) -> int:
+    async with http.get(f"{node.url}/readyz") as response:
+        return response.status
+
+
+async def test_three_nodes_and_an_external_publisher_one_order_everywhere() -> None:
+    """Clients on every node; publications from every node's API and from the external
+    publisher, concurrently: every client gets every publication once, in one order."""
+    url = redis_url()
+    prefix = f"lpcluster-{uuid.uuid4().hex[:8]}"
+    channel = "workflow:shared"
+    async with (
+        cluster(3, url, prefix) as nodes,
+        aiohttp.ClientSession() as http,
+        Publisher(url, prefix=prefix) as external,
+    ):
+        watchers = [await Watcher.connect(http, nodes[i % 3], f"tab{i}", channel) for i in range(6)]
+
+        async def from_node(index: int) -> None:
+            for n in range(50):
+                status, _ = await publish(
+                    http,
+                    nodes[index],
+                    {"type": "tick", "data": {"src": index, "n": n}, "channel": channel},
+                )
+                assert status == 200
+
+        async def from_worker() -> None:
+            for n in range(50):
+                await external.publish(channel, "tick", {"src": "worker", "n": n})
+
+        await asyncio.gather(from_node(0), from_node(1), from_node(2), from_worker())
+        for watcher in watchers:
+            await watcher.wait(lambda w=watcher: len(w.on(channel)) == 200)
+        reference = [(m["offset"], m["data"]) for m in watchers[0].on(channel)]
+        assert [offset for offset, _ in reference] == list(range(1, 201))
+        for watcher in watchers[1:]:
+            assert [(m["offset"], m["data"]) for m in watcher.on(channel)] == reference
+        # every source's messages in the order it published them
+        for source in (0, 1, 2, "worker"):
+            ns = [data["n"] for _, data in reference if data["src"] == source]
+            assert ns == list(range(50))
+        # routing to one tab and to a user crosses nodes too
+        await external.to_push_ref("tab1", "hello", {"to": "tab1"})
+        status, _ = await publish(http, nodes[0], {"type": "hi", "data": {}, "userIds": ["alice"]})
+        assert status == 200
+        await watchers[1].wait(lambda: watchers[1].of_type("hello") and watchers[1].of_type("hi"))
+        await watchers[4].wait(lambda: watchers[4].of_type("hi"))
+        assert not watchers[4].of_type("hello")
+        for watcher in watchers:
+            await watcher.close()
+
+
+async def test_redis_restart_without_persistence(private_redis: RedisProcess) -> None:
+    """Redis restarts with an empty dataset: nodes report not-ready meanwhile and keep their
+    clients, come back by themselves, tell the clients `channelReset` (they must refetch),
+    and new publications flow."""
+    channel = "workflow:restart"
+    async with (
+        cluster(2, private_redis.url) as (a, b),
+        aiohttp.ClientSession() as http,
+    ):
+        watcher = await Watcher.connect(http, a, "tab", channel)
+        status, body = await publish(http, b, {"type": "x", "data": {"n": 1}, "channel": channel})
+        assert status == 200
+        first_epoch = body["publications"][0]["epoch"]
+        await watcher.wait(lambda: len(watcher.on(channel)) == 1)
+
+        await private_redis.kill()
+        for node in (a, b):
+            await _until_status(http, node, 503)
+        status, body = await publish(http, b, {"type": "x", "data": {"n": 2}, "channel": channel})
+        assert status == 503 and body["error"]["code"] == "engine_unavailable"
+        assert not watcher.closed.is_set()  # the client stays connected
+
+        await private_redis.start()
+        for node in (a, b):
+            await _until_status(http, node, 200)
+        await watcher.wait(lambda: watcher.of_type("channelReset"))
+        reset = next(m for m in watcher.of_type("channelReset") if m["data"]["channel"] == channel)
+        assert reset["data"]["epoch"] != first_epoch
+        status, body = await publish(http, b, {"type": "x", "data": {"n": 3}, "channel": channel})
+        assert status == 200
+        await watcher.wait(lambda: watcher.on(channel)[-1]["data"] == {"n": 3})
+        assert watcher.on(channel)[-1]["epoch"] == reset["data"]["epoch"]
+        await watcher.close()
+
+
+async def _until_status(
+    http: aiohttp.ClientSession, node: ServerProcess, status: int, timeout: float = 15.0
+) -> None:
+    async with asyncio.timeout(timeout):
+        while await ready(http, node) != status:  # noqa: ASYNC110 - polls another process
+            await asyncio.sleep(0.05)

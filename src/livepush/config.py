@@ -72,6 +72,10 @@ class Config:
     history_ttl: float = _opt(300.0, "seconds publications are kept for recovery")
     recovery_limit: int = _opt(1000, "most publications one subscribe may recover")
     push_ref_ttl: float = _opt(300.0, "seconds a pushRef stays reserved for its user after close")
+    presence: bool = _opt(True, "track who is in each subscribed channel (cluster-wide)")
+    presence_ttl: float = _opt(
+        30.0, "seconds a connection's presence outlives its node (renewed every third of it)"
+    )
 
     max_queue_messages: int = _opt(1000, "outbound queue bound per connection, in messages")
     max_queue_bytes: int = _opt(4 * 1024 * 1024, "outbound queue bound per connection, in bytes")
@@ -91,7 +95,7 @@ class Config:
         if not self.rest_prefix.startswith("/"):
             raise ValueError("rest_prefix must start with '/'")
         self.rest_prefix = self.rest_prefix.rstrip("/")
-        for name in ("ping_interval", "history_ttl", "rate_limit"):
+        for name in ("ping_interval", "history_ttl", "rate_limit", "presence_ttl", "push_ref_ttl"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         for name in ("max_queue_messages", "max_queue_bytes", "max_message_bytes"):

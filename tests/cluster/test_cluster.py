@@ -181,3 +181,39 @@ async def _until_status(
     async with asyncio.timeout(timeout):
         while await ready(http, node) != status:  # noqa: ASYNC110 - polls another process
             await asyncio.sleep(0.05)
+
+
+async def presence_users(http: aiohttp.ClientSession, node: ServerProcess, channel: str) -> Any:
+    async with http.get(
+        f"{node.url}/api/v1/presence",
+        params={"channel": channel},
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    ) as response:
+        assert response.status == 200
+        return (await response.json())["connections"]
+
+
+async def test_presence_of_a_killed_node_expires() -> None:
+    """Presence is cluster-wide; a node killed with SIGKILL stops counting its connections
+    once `presence_ttl` has passed, while the surviving node's stay."""
+    channel = "workflow:presence"
+    async with (
+        cluster(2, redis_url(), LIVEPUSH_PRESENCE_TTL="1.5") as (a, b),
+        aiohttp.ClientSession() as http,
+    ):
+        on_a = await Watcher.connect(http, a, "tab-a", channel)
+        on_b = await Watcher.connect(http, b, "tab-b", channel)
+        refs = {c["pushRef"] for c in await presence_users(http, a, channel)}
+        assert refs == {"tab-a", "tab-b"}
+        # still there after several renewals (longer than the TTL)
+        await asyncio.sleep(2.0)
+        refs = {c["pushRef"] for c in await presence_users(http, b, channel)}
+        assert refs == {"tab-a", "tab-b"}
+        b.kill()
+        await on_b.closed.wait()
+        # gone within the TTL (plus slack for a loaded machine)
+        async with asyncio.timeout(3.0):
+            while len(await presence_users(http, a, channel)) != 1:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        assert [c["pushRef"] for c in await presence_users(http, a, channel)] == ["tab-a"]
+        await on_a.close()

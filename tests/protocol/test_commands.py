@@ -223,6 +223,7 @@ def test_every_catalogued_command_type_decodes_to_its_class() -> None:
         "subscribe": {"channel": "system"},
         "unsubscribe": {"channel": "system"},
         "refresh": {"token": "t"},
+        "presence": {"channel": "workflow:1"},
         "workflowOpened": {"workflowId": "1"},
         "workflowClosed": {"workflowId": "1"},
     }

@@ -45,6 +45,9 @@ from livepush.protocol.commands import (
     WorkflowOpened,
     decode_command,
 )
+from livepush.protocol.commands import (
+    Presence as PresenceQuery,
+)
 from livepush.protocol.envelope import (
     Priority,
     Publication,
@@ -70,6 +73,10 @@ class NodeSettings:
     max_publish_bytes: int = 16 * 1024 * 1024
     token_expiry_warning: float = 30.0
     ping_interval: float = 25.0
+    #: Track who is in each explicitly subscribed channel (in the engine, cluster-wide).
+    presence: bool = True
+    #: A connection's presence lapses this long after its node stops renewing it (node died).
+    presence_ttl: float = 30.0
 
 
 @dataclass(slots=True)
@@ -133,6 +140,7 @@ class Node:
         self._tasks = [
             loop.create_task(self._tick_deadlines()),
             loop.create_task(self._keepalive()),
+            loop.create_task(self._renew()),
         ]
 
     async def close(self) -> None:
@@ -306,8 +314,11 @@ class Node:
 
     async def _forget(self, session: Session) -> None:
         subscriptions = len(session.channels) + len(own_channels(session))
+        explicit = list(session.channels)
         for channel in self.hub.remove(session):
             await self.broker.unsubscribe(channel)
+        if self.settings.presence and explicit:
+            await self.presence.leave_many([(c, session.push_ref) for c in explicit])
         self.metrics.subscriptions.dec(subscriptions)
         self.metrics.channels.set(self.hub.channel_count)
 
@@ -354,6 +365,10 @@ class Node:
             # every subscriber waits until the broker delivers the channel (the first one's
             # subscription may still be in flight)
             await self.broker.subscribe(channel)
+            if self.settings.presence:
+                await self.presence.join(
+                    channel, session.push_ref, _presence_info(session), self.settings.presence_ttl
+                )
         self.metrics.subscriptions.inc()
         if since is None:
             position = await self.broker.position(channel)
@@ -406,6 +421,8 @@ class Node:
             await self.broker.unsubscribe(channel)
             self.metrics.channels.set(self.hub.channel_count)
         self.metrics.subscriptions.dec()
+        if self.settings.presence:
+            await self.presence.leave(channel, session.push_ref)
         session.mark({channel: None})
         return True
 
@@ -458,6 +475,45 @@ class Node:
                     alive = False
                 if not alive:
                     session.close(CloseCode.ABNORMAL_CLOSURE, "no answer to ping", flush=False)
+
+    async def _renew(self) -> None:
+        """Keep this node's shared state alive in the engine: every connection's presence in
+        its channels (every third of `presence_ttl`) and its pushRef claim (every third of
+        `push_ref_ttl`). When the node dies, both lapse by themselves."""
+        settings = self.settings
+        interval = min(settings.presence_ttl, settings.push_ref_ttl) / 3
+        claims_renewed = time.monotonic()
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                sessions = [s for s in self.hub.sessions() if not s.closed]
+                if settings.presence:
+                    entries = [
+                        (channel, s.push_ref, _presence_info(s))
+                        for s in sessions
+                        for channel in s.channels
+                    ]
+                    if entries:
+                        await self.presence.join_many(entries, settings.presence_ttl)
+                if time.monotonic() - claims_renewed >= settings.push_ref_ttl / 3:
+                    claims_renewed = time.monotonic()
+                    await self.presence.claim_many(
+                        [(f"pushref:{s.push_ref}", s.user_id) for s in sessions],
+                        settings.push_ref_ttl,
+                    )
+            except Exception:
+                log.exception("renewing presence failed; retrying at the next interval")
+
+    async def members(self, channel: str) -> dict[str, Any]:
+        """Who is in a channel, cluster-wide: its connections (pushRef and user) and users."""
+        parse_channel(channel)
+        members = await self.presence.members(channel)
+        connections = [
+            {"pushRef": push_ref, "userId": info.get("userId")}
+            for push_ref, info in sorted(members.items())
+        ]
+        users = sorted({c["userId"] for c in connections if c["userId"] is not None})
+        return {"channel": channel, "connections": connections, "users": users}
 
     def refresh(self, session: Session, token: str) -> Identity:
         """Swap a session's token for a fresh one of the same user."""
@@ -541,6 +597,12 @@ class Node:
         elif isinstance(command, Refresh):
             identity = self.refresh(session, command.token)
             reply(control_message("reply", {"expiresAt": identity.expires_at}, rid))
+        elif isinstance(command, PresenceQuery):
+            if command.channel not in session.channels:
+                raise ProtocolError(
+                    ErrorCode.NOT_SUBSCRIBED, f"subscribe to {command.channel!r} first"
+                )
+            reply(control_message("reply", await self.members(command.channel), rid))
         elif isinstance(command, WorkflowOpened):
             channel = f"workflow:{command.workflowId}"
             if channel not in session.channels:
@@ -572,6 +634,10 @@ class Node:
                     await self._drained.wait()
         for session in self.hub.sessions():
             session.close(CloseCode.SERVICE_RESTART, "server restarting; reconnect", flush=False)
+
+
+def _presence_info(session: Session) -> dict[str, Any]:
+    return {"userId": session.user_id}
 
 
 def _position(since: Since | None) -> StreamPosition | None:

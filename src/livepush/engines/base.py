@@ -17,7 +17,7 @@ Guarantees every broker gives:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from livepush.protocol.envelope import Publication, StreamPosition
@@ -121,6 +121,23 @@ class PresenceStore(ABC):
     @abstractmethod
     async def members(self, channel: str) -> dict[str, dict[str, Any]]:
         """The clients present in a channel (expired ones excluded)."""
+
+    async def join_many(
+        self, entries: Sequence[tuple[str, str, dict[str, Any]]], ttl: float
+    ) -> None:
+        """`join` for many (channel, client_id, info) at once (engines batch them)."""
+        for channel, client_id, info in entries:
+            await self.join(channel, client_id, info, ttl)
+
+    async def leave_many(self, entries: Sequence[tuple[str, str]]) -> None:
+        """`leave` for many (channel, client_id) at once."""
+        for channel, client_id in entries:
+            await self.leave(channel, client_id)
+
+    async def claim_many(self, claims: Sequence[tuple[str, str]], ttl: float) -> None:
+        """Renew many (name, owner) claims at once (a claim someone else took is left)."""
+        for name, owner in claims:
+            await self.claim(name, owner, ttl)
 
 
 class Engine(NamedTuple):

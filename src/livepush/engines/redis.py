@@ -570,27 +570,73 @@ class RedisPresence(PresenceStore):
 
     async def claim(self, name: str, owner: str, ttl: float) -> bool:
         """See `PresenceStore.claim`."""
-        result = await self._claim(keys=[self.keys.claim(name)], args=[owner, _ms(ttl)])
+        async with _unavailable_on_error():
+            result = await self._claim(keys=[self.keys.claim(name)], args=[owner, _ms(ttl)])
         return int(result) == 1
 
     async def release(self, name: str, owner: str, ttl: float) -> None:
         """See `PresenceStore.release`."""
-        await self._release(keys=[self.keys.claim(name)], args=[owner, _ms(ttl) if ttl > 0 else 0])
+        async with _unavailable_on_error():
+            await self._release(
+                keys=[self.keys.claim(name)], args=[owner, _ms(ttl) if ttl > 0 else 0]
+            )
 
     async def join(self, channel: str, client_id: str, info: dict[str, Any], ttl: float) -> None:
         """See `PresenceStore.join`."""
-        await self._members(
-            keys=list(self.keys.presence(channel)),
-            args=["join", client_id, _encode(info), _ms(ttl)],
-        )
+        async with _unavailable_on_error():
+            await self._members(
+                keys=list(self.keys.presence(channel)),
+                args=["join", client_id, _encode(info), _ms(ttl)],
+            )
 
     async def leave(self, channel: str, client_id: str) -> None:
         """See `PresenceStore.leave`."""
-        await self._members(keys=list(self.keys.presence(channel)), args=["leave", client_id])
+        async with _unavailable_on_error():
+            await self._members(keys=list(self.keys.presence(channel)), args=["leave", client_id])
+
+    async def join_many(
+        self, entries: Sequence[tuple[str, str, dict[str, Any]]], ttl: float
+    ) -> None:
+        """One pipeline (round trip) per 1,000 entries."""
+        for i in range(0, len(entries), 1000):
+            async with _unavailable_on_error():
+                pipe = self._redis.pipeline(transaction=False)
+                for channel, client_id, info in entries[i : i + 1000]:
+                    await self._members(
+                        keys=list(self.keys.presence(channel)),
+                        args=["join", client_id, _encode(info), _ms(ttl)],
+                        client=pipe,
+                    )
+                await pipe.execute()
+
+    async def leave_many(self, entries: Sequence[tuple[str, str]]) -> None:
+        """One pipeline per 1,000 entries."""
+        for i in range(0, len(entries), 1000):
+            async with _unavailable_on_error():
+                pipe = self._redis.pipeline(transaction=False)
+                for channel, client_id in entries[i : i + 1000]:
+                    await self._members(
+                        keys=list(self.keys.presence(channel)),
+                        args=["leave", client_id],
+                        client=pipe,
+                    )
+                await pipe.execute()
+
+    async def claim_many(self, claims: Sequence[tuple[str, str]], ttl: float) -> None:
+        """One pipeline per 1,000 claims."""
+        for i in range(0, len(claims), 1000):
+            async with _unavailable_on_error():
+                pipe = self._redis.pipeline(transaction=False)
+                for name, owner in claims[i : i + 1000]:
+                    await self._claim(
+                        keys=[self.keys.claim(name)], args=[owner, _ms(ttl)], client=pipe
+                    )
+                await pipe.execute()
 
     async def members(self, channel: str) -> dict[str, dict[str, Any]]:
         """See `PresenceStore.members`."""
-        flat = await self._members(keys=list(self.keys.presence(channel)), args=["members"])
+        async with _unavailable_on_error():
+            flat = await self._members(keys=list(self.keys.presence(channel)), args=["members"])
         return {_text(flat[i]): msgspec.json.decode(flat[i + 1]) for i in range(0, len(flat), 2)}
 
 

@@ -19,7 +19,7 @@ from livepush.engines.memory import memory_engine
 from livepush.engines.redis import redis_engine
 from livepush.http.errors import json_error, json_response
 from livepush.http.openapi import openapi_document
-from livepush.http.publish import PublishHandler
+from livepush.http.publish import PublishHandler, check_api_key
 from livepush.protocol.errors import ErrorCode, ProtocolError
 from livepush.transports.handshake import (
     HandshakeSettings,
@@ -81,6 +81,8 @@ def build_node(config: Config) -> Node:
             max_publish_bytes=config.max_publish_bytes,
             token_expiry_warning=config.token_expiry_warning,
             ping_interval=config.ping_interval,
+            presence=config.presence,
+            presence_ttl=config.presence_ttl,
         ),
         limits=SessionLimits(
             max_queue_messages=config.max_queue_messages,
@@ -131,6 +133,18 @@ def create_app(config: Config, node: Node | None = None) -> web.Application:
             await node.handle_message(session, raw, replies.append)
         return web.Response(body=b"[" + b",".join(replies) + b"]", content_type="application/json")
 
+    api_key = config.api_key.encode() if config.api_key else None
+
+    async def presence(request: web.Request) -> web.Response:
+        """Who is in a channel, across the cluster (API key)."""
+        refused = check_api_key(request, api_key)
+        if refused is not None:
+            return refused
+        try:
+            return json_response(await node.members(request.query.get("channel", "")))
+        except ProtocolError as exc:
+            return error_response(exc)
+
     async def healthz(request: web.Request) -> web.Response:
         return json_response({"status": "ok"})
 
@@ -162,6 +176,7 @@ def create_app(config: Config, node: Node | None = None) -> web.Application:
     app.router.add_post(
         "/api/v1/publish", PublishHandler(node, config.api_key, config.max_publish_bytes).handle
     )
+    app.router.add_get("/api/v1/presence", presence)
     app.router.add_get("/api/v1/openapi.json", openapi_json)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -121,6 +121,19 @@ def _position(publication: Publication) -> PublishedPosition:
     return PublishedPosition(publication.channel, publication.offset, publication.epoch)
 
 
+def check_api_key(request: web.Request, api_key: bytes | None) -> web.Response | None:
+    """The error response for a request without the API key, or None when it has it."""
+    if api_key is None:
+        return json_error(503, ErrorCode.PUBLISH_DISABLED, "the server API needs LIVEPUSH_API_KEY")
+    authorization = request.headers.get("Authorization", "")
+    presented = authorization[7:].strip() if authorization[:7].lower() == "bearer " else ""
+    if not hmac.compare_digest(presented.encode(), api_key):
+        return json_error(
+            401, ErrorCode.INVALID_API_KEY, "send `Authorization: Bearer <LIVEPUSH_API_KEY>`"
+        )
+    return None
+
+
 class PublishHandler:
     """The publish endpoint of one node."""
 
@@ -131,16 +144,9 @@ class PublishHandler:
 
     async def handle(self, request: web.Request) -> web.Response:
         """Authenticate, validate the whole request, then publish every message in order."""
-        if self._api_key is None:
-            return json_error(
-                503, ErrorCode.PUBLISH_DISABLED, "the publish API needs LIVEPUSH_API_KEY"
-            )
-        authorization = request.headers.get("Authorization", "")
-        presented = authorization[7:].strip() if authorization[:7].lower() == "bearer " else ""
-        if not hmac.compare_digest(presented.encode(), self._api_key):
-            return json_error(
-                401, ErrorCode.INVALID_API_KEY, "send `Authorization: Bearer <LIVEPUSH_API_KEY>`"
-            )
+        refused = check_api_key(request, self._api_key)
+        if refused is not None:
+            return refused
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:

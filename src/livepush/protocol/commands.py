@@ -60,6 +60,12 @@ class Refresh(Command, kw_only=True):
     token: Annotated[str, msgspec.Meta(max_length=16384)]
 
 
+class Presence(Command, kw_only=True):
+    """Who is in a channel the connection is subscribed to, across the cluster."""
+
+    channel: str
+
+
 class WorkflowOpened(Command, kw_only=True):
     """n8n: the editor opened a workflow; livepush subscribes the tab to `workflow:<id>`."""
 
@@ -78,6 +84,7 @@ COMMANDS: Final[dict[str, type[Command]]] = {
     "subscribe": Subscribe,
     "unsubscribe": Unsubscribe,
     "refresh": Refresh,
+    "presence": Presence,
     "workflowOpened": WorkflowOpened,
     "workflowClosed": WorkflowClosed,
 }

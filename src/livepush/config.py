@@ -87,11 +87,22 @@ class Config:
     rate_burst: float = _opt(100.0, "client message burst per connection")
 
     shutdown_timeout: float = _opt(30.0, "seconds to drain connections on SIGTERM")
+    workers: int = _opt(
+        1,
+        "processes serving the port together (SO_REUSEPORT), restarted if they die; more than "
+        "one needs the redis engine",
+    )
 
     def validate(self) -> None:
         """Refuse contradictory settings with a message naming the setting."""
         if self.engine not in ("memory", "redis"):
             raise ValueError(f"unknown engine {self.engine!r}: use 'memory' or 'redis'")
+        if self.workers < 1:
+            raise ValueError("workers must be at least 1")
+        if self.workers > 1 and self.engine != "redis":
+            raise ValueError(
+                "workers > 1 needs engine 'redis' (worker processes share channels through it)"
+            )
         if not self.rest_prefix.startswith("/"):
             raise ValueError("rest_prefix must start with '/'")
         self.rest_prefix = self.rest_prefix.rstrip("/")

@@ -5,11 +5,18 @@ queues, then exit)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
+import multiprocessing
+import multiprocessing.process
+import os
 import secrets
 import signal
+import socket
 import sys
+import threading
+import time
 
 from aiohttp import web
 
@@ -46,13 +53,15 @@ def apply_development_defaults(config: Config) -> list[str]:
     return notes
 
 
-async def serve(config: Config, *, started: asyncio.Future[int] | None = None) -> None:
+async def serve(
+    config: Config, *, started: asyncio.Future[int] | None = None, reuse_port: bool = False
+) -> None:
     """Serve until SIGTERM or SIGINT, then drain."""
     app = create_app(config)
     node = app[NODE_KEY]
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port, backlog=4096)
+    site = web.TCPSite(runner, config.host, config.port, backlog=4096, reuse_port=reuse_port)
     await site.start()
     port = next((addr[1] for addr in runner.addresses if isinstance(addr, tuple)), config.port)
     log.info(
@@ -87,14 +96,79 @@ async def serve(config: Config, *, started: asyncio.Future[int] | None = None) -
         log.info("stopped")
 
 
-def run(config: Config) -> None:
+def run(config: Config, *, reuse_port: bool = False) -> None:
     """Blocking entry point of `livepush serve`."""
+    if config.workers > 1:
+        supervise(config)
+        return
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, reuse_port=reuse_port))
     else:
-        uvloop.run(serve(config))
+        uvloop.run(serve(config, reuse_port=reuse_port))
+
+
+def _worker(config: Config) -> None:
+    configure_logging(config.log_level)
+    run(config, reuse_port=True)
+
+
+def supervise(config: Config) -> None:
+    """`--workers N`: N worker processes accept on one port (SO_REUSEPORT: the kernel spreads
+    new connections over them) and share channels through the Redis engine. A worker that
+    dies is restarted; SIGTERM or SIGINT drains every worker, then exits."""
+    # Resolve the port once (for --port 0) with a bound, never listening, socket of the same
+    # reuse-port group, held until exit so the port stays ours between worker restarts.
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    placeholder = socket.socket(family, socket.SOCK_STREAM)
+    placeholder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    placeholder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    placeholder.bind((config.host, config.port))
+    worker_config = dataclasses.replace(config, port=placeholder.getsockname()[1], workers=1)
+    context = multiprocessing.get_context("spawn")
+    stopping = threading.Event()
+
+    def stop(signum: int, frame: object) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+    def start(index: int) -> multiprocessing.process.BaseProcess:
+        process = context.Process(
+            target=_worker, args=(worker_config,), name=f"livepush-worker-{index}"
+        )
+        process.start()
+        return process
+
+    log.info(
+        "supervising %d workers on http://%s:%d", config.workers, config.host, worker_config.port
+    )
+    workers = [start(i) for i in range(config.workers)]
+    try:
+        while not stopping.wait(0.5):
+            for index, process in enumerate(workers):
+                if not process.is_alive():
+                    log.warning(
+                        "worker %d (pid %s) exited with %s; restarting",
+                        index,
+                        process.pid,
+                        process.exitcode,
+                    )
+                    workers[index] = start(index)
+    finally:
+        for process in workers:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + config.shutdown_timeout + 10
+        for process in workers:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join()
+        placeholder.close()
+        log.info("all workers stopped")
 
 
 def configure_logging(level: str) -> None:

@@ -76,7 +76,12 @@ async def serve_process(
         if process.returncode is None:
             process.kill()
             await process.wait()
-        drain.cancel()
+        # read to the end of the output, so the pipe is closed while the loop runs (workers
+        # that inherited it may still be exiting)
+        try:
+            await asyncio.wait_for(drain, 10)
+        except TimeoutError:
+            drain.cancel()
 
 
 async def _drain(stream: asyncio.StreamReader, output: list[str]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 
 import msgspec
@@ -146,7 +147,8 @@ def create_app(config: Config, node: Node | None = None) -> web.Application:
             return error_response(exc)
 
     async def healthz(request: web.Request) -> web.Response:
-        return json_response({"status": "ok"})
+        # the process id tells which worker answered (`--workers`)
+        return json_response({"status": "ok", "pid": os.getpid()})
 
     async def readyz(request: web.Request) -> web.Response:
         if node.ready:

@@ -248,16 +248,34 @@ class ServerSpec:
     origin: bool = True
     available: bool = True
     reason: str = ""
+    #: CPUs the server is pinned to (`--workers 2` gets both; the loadgen stays on CPU 1)
+    cpus: str = SERVER_CPU
 
 
-def livepush_spec() -> ServerSpec:
+def livepush_spec(name: str = "livepush") -> ServerSpec:
+    """livepush on the memory engine; `livepush-redis` on the Redis engine (the local Redis,
+    LIVEPUSH_BENCH_REDIS_URL to change it); `livepush-redis-w2` with `--workers 2`."""
     secret = os.urandom(32).hex()
     api_key = "bench-key-" + os.urandom(16).hex()
+    argv = ["livepush", "serve", "--host", "127.0.0.1", "--port", "{port}"]
+    env: dict[str, str] = {}
+    cpus = SERVER_CPU
+    if name.startswith("livepush-redis"):
+        argv += ["--engine", "redis"]
+        env["LIVEPUSH_REDIS_URL"] = os.environ.get(
+            "LIVEPUSH_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"
+        )
+        env["LIVEPUSH_REDIS_PREFIX"] = "bench-" + os.urandom(4).hex()
+    if name.endswith("-w2"):
+        argv += ["--workers", "2"]
+        cpus = f"{SERVER_CPU},{LOADGEN_CPU}"
     spec = ServerSpec(
-        name="livepush",
-        argv=["livepush", "serve", "--host", "127.0.0.1", "--port", "{port}"],
+        name=name,
+        argv=argv,
+        cpus=cpus,
         mode="livepush",
         env={
+            **env,
             "LIVEPUSH_JWT_SECRET": secret,
             "LIVEPUSH_API_KEY": api_key,
             # every benchmark connection uses the one user "bench" (default cap: 100 per user)
@@ -291,8 +309,8 @@ def build_specs(names: list[str]) -> dict[str, ServerSpec]:
     py = sys.executable
     specs: dict[str, ServerSpec] = {}
     for name in names:
-        if name == "livepush":
-            specs[name] = livepush_spec()
+        if name in ("livepush", "livepush-redis", "livepush-redis-w2"):
+            specs[name] = livepush_spec(name)
         elif name == "node-ws":
             node = shutil.which("node") or "node"
             specs[name] = ServerSpec(
@@ -331,7 +349,7 @@ class Server:
     async def start(self, session: aiohttp.ClientSession, wait_s: float = 30) -> None:
         argv = [a.replace("{port}", str(self.port)) for a in self.spec.argv]
         if self.pin:
-            argv = ["taskset", "-c", SERVER_CPU, *argv]
+            argv = ["taskset", "-c", self.spec.cpus, *argv]
         env = {**os.environ, **self.spec.env}
         with open_log(self.logpath, "wb") as logf:
             self.proc = await asyncio.create_subprocess_exec(

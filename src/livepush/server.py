@@ -110,8 +110,23 @@ def run(config: Config, *, reuse_port: bool = False) -> None:
 
 
 def _worker(config: Config) -> None:
+    _die_with_parent()
     configure_logging(config.log_level)
     run(config, reuse_port=True)
+
+
+def _die_with_parent() -> None:
+    """Linux: get SIGTERM (and drain) when the supervisor dies, even by SIGKILL, instead of
+    living on as an orphan that holds the port."""
+    if not sys.platform.startswith("linux"):  # pragma: no cover
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() == 1:  # the supervisor died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def supervise(config: Config) -> None:

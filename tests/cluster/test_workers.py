@@ -25,15 +25,20 @@ def _env() -> dict[str, str]:
     }
 
 
-async def _pids(server: ServerProcess, tries: int = 60) -> set[int]:
-    """The worker pids that answered, each request on a new connection."""
+async def _pids(server: ServerProcess, expected: int = 2, timeout: float = 20.0) -> set[int]:
+    """The worker pids answering `/healthz`, each request on a new connection, polled until
+    `expected` distinct ones answered (a worker may still be starting, or restarting)."""
     pids: set[int] = set()
-    for _ in range(tries):
-        async with (
-            aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http,
-            http.get(f"{server.url}/healthz") as response,
-        ):
-            pids.add((await response.json())["pid"])
+    async with (
+        asyncio.timeout(timeout),
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http,
+    ):
+        while len(pids) < expected:
+            try:
+                async with http.get(f"{server.url}/healthz") as response:
+                    pids.add((await response.json())["pid"])
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.05)
     return pids
 
 
@@ -71,8 +76,23 @@ async def test_a_killed_worker_is_restarted() -> None:
         os.kill(victim, signal.SIGKILL)
         async with asyncio.timeout(20):
             while True:
-                now = await _pids(server, tries=20)
-                if victim not in now and len(now) == 2:
+                now = await _pids(server)
+                if victim not in now:
                     break
+                await asyncio.sleep(0.1)
         assert "restarting" in "".join(server.output)
         assert await server.stop(timeout=20) == 0
+
+
+async def test_workers_do_not_outlive_a_killed_supervisor() -> None:
+    async with serve_process("--workers", "2", env=_env()) as server:
+        pids = await _pids(server)
+        server.kill()
+        async with asyncio.timeout(15):
+            while pids:
+                for pid in list(pids):
+                    try:
+                        os.kill(pid, 0)
+                    except ProcessLookupError:
+                        pids.discard(pid)
+                await asyncio.sleep(0.05)

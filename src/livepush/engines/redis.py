@@ -132,18 +132,35 @@ class Keys:
 
 
 def connect(
-    url: str, *, cluster: bool = False, retries: int = 3, name: str | None = None
+    url: str,
+    *,
+    cluster: bool = False,
+    retries: int = 3,
+    name: str | None = None,
+    max_connections: int = 32,
 ) -> aioredis.Redis | RedisCluster:
     """A Redis client. Commands are retried a few times; the pub/sub client gets no retries,
-    so that the broker sees every disconnect and resynchronises. `name` shows in CLIENT
-    LIST."""
+    so that the broker sees every disconnect and resynchronises. At most `max_connections`
+    connections (per cluster node) are opened; more concurrent commands wait for one (a
+    connection storm of thousands of clients does not open thousands of Redis connections).
+    `name` shows in CLIENT LIST."""
     if retries:
         retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries)
     else:
         retry = Retry(NoBackoff(), 0)
     if cluster:
-        return RedisCluster.from_url(url, retry=retry, client_name=name)
-    return aioredis.Redis.from_url(url, retry=retry, health_check_interval=10, client_name=name)
+        return RedisCluster.from_url(
+            url, retry=retry, client_name=name, max_connections=max_connections
+        )
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=10,
+        retry=retry,
+        health_check_interval=10,
+        client_name=name,
+    )
+    return aioredis.Redis.from_pool(pool)
 
 
 class _Channel:
@@ -329,8 +346,23 @@ class RedisBroker(Broker):
     # -- publishing --------------------------------------------------------------------------
 
     async def publish(self, publication: Publication) -> Publication:
-        """See `Broker.publish`."""
-        return await self.streams.publish(publication)
+        """See `Broker.publish`. A publication that is next in a channel this node delivers is
+        handed to the node at once (its pub/sub echo is then a duplicate and dropped), which
+        saves the pub/sub round trip on the node that published."""
+        placed = await self.streams.publish(publication)
+        offset = placed.offset
+        if offset is not None:
+            state = self._channels.get(placed.channel)
+            if (
+                state is not None
+                and state.ready
+                and not state.filling
+                and offset == state.offset + 1
+                and placed.epoch == state.epoch
+            ):
+                state.offset = offset
+                self._handler(placed)
+        return placed
 
     async def position(self, channel: str) -> StreamPosition:
         """See `Broker.position`."""

@@ -251,6 +251,8 @@ async def test_rate_limit_errors_then_disconnects_abusive_client(
     frames = [await receive_json(ws) for _ in range(8)]
     assert [f["type"] for f in frames[:5]] == ["reply"] * 5
     assert all(f["type"] == "error" and f["data"]["code"] == "rate_limited" for f in frames[5:])
+    # each refused command is answered with its own id
+    assert [f.get("id") for f in frames[5:]] == [5, 6, 7]
     for i in range(20):
         await ws.send_str(json.dumps({"type": "ping", "id": 100 + i}))
     assert await expect_close(ws) == 4029
@@ -268,6 +270,9 @@ async def test_n8n_flat_messages_heartbeat_and_workflow_opened(
     assert (await command(ws, {"type": "ping", "id": 1}))["type"] == "reply"
     await server.publish(http, {"type": "workflowUpdated", "data": {}, "channel": "workflow:1"})
     assert (await receive_json(ws))["type"] == "workflowUpdated"
+    # opening it again with an id is answered (already subscribed)
+    again = await command(ws, {"type": "workflowOpened", "workflowId": "1", "id": "again"})
+    assert again["type"] == "reply" and again["data"]["alreadySubscribed"] is True
     await ws.send_str('{"type":"workflowClosed","workflowId":"1"}')
     assert (await command(ws, {"type": "ping", "id": 2}))["type"] == "reply"
     await server.publish(http, {"type": "workflowUpdated", "data": {}, "channel": "workflow:1"})

@@ -44,6 +44,7 @@ from livepush.protocol.commands import (
     WorkflowClosed,
     WorkflowOpened,
     decode_command,
+    peek_request_id,
 )
 from livepush.protocol.commands import (
     Presence as PresenceQuery,
@@ -77,6 +78,8 @@ class NodeSettings:
     presence: bool = True
     #: A connection's presence lapses this long after its node stops renewing it (node died).
     presence_ttl: float = 30.0
+    #: Seconds publications wait to share a socket write (see `Hub.flush_delay`).
+    write_delay: float = 0.0
 
 
 @dataclass(slots=True)
@@ -124,7 +127,7 @@ class Node:
         self.settings = settings or NodeSettings()
         self.limits = limits or SessionLimits()
         self.metrics = metrics or Metrics()
-        self.hub = Hub()
+        self.hub = Hub(flush_delay=self.settings.write_delay)
         self.draining = False
         self.deadlines = Deadlines()
         self._tasks: list[asyncio.Task[None]] = []
@@ -544,18 +547,19 @@ class Node:
                 ProtocolError(
                     ErrorCode.RATE_LIMITED, "message rate far over the limit; disconnecting"
                 ),
-                None,
+                peek_request_id(raw),
             )
             session.close(CloseCode.RATE_LIMITED, "message rate limit exceeded")
             return
         if decision is RateDecision.LIMITED:
+            # answered with the command's id, so a client waiting for it is not left hanging
             self._send_error(
                 reply,
                 ProtocolError(
                     ErrorCode.RATE_LIMITED,
                     f"more than {session.rate.rate:g} messages per second; message dropped",
                 ),
-                None,
+                peek_request_id(raw),
             )
             return
         try:
@@ -605,7 +609,8 @@ class Node:
             reply(control_message("reply", await self.members(command.channel), rid))
         elif isinstance(command, WorkflowOpened):
             channel = f"workflow:{command.workflowId}"
-            if channel not in session.channels:
+            if channel not in session.channels or rid is not None:
+                # (already subscribed: answered like a repeated subscribe, if it has an id)
                 await self.subscribe(
                     session, channel, None, reply if rid is not None else _discard, rid
                 )

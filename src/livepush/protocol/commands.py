@@ -103,6 +103,22 @@ def request_id_of(obj: object) -> RequestId | None:
     return None
 
 
+class _IdOnly(msgspec.Struct):
+    id: Any = None
+
+
+_decode_id = msgspec.json.Decoder(_IdOnly).decode
+
+
+def peek_request_id(raw: str | bytes) -> RequestId | None:
+    """The `id` of a message that is not otherwise decoded (a rate-limited one), if it has a
+    usable one; cheap (other fields are skipped, not built)."""
+    try:
+        return request_id_of({"id": _decode_id(raw).id})
+    except (msgspec.DecodeError, ValueError):
+        return None
+
+
 def decode_command(raw: str | bytes) -> Command:
     """Decode and validate one inbound message, raising `ProtocolError` with a stable code."""
     try:

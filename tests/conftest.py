@@ -143,3 +143,16 @@ async def private_redis() -> AsyncIterator[Any]:
     await server.start()
     yield server
     await server.kill()
+
+
+@pytest.fixture
+async def redis_cluster(tmp_path: Any) -> AsyncIterator[Any]:
+    """A local three-primary Redis Cluster of the test's own; killed at the end."""
+    from tests.integration.redis_process import RedisClusterProcesses
+
+    cluster = RedisClusterProcesses(str(tmp_path))
+    try:
+        await cluster.start()
+        yield cluster
+    finally:
+        await cluster.kill()

@@ -86,11 +86,6 @@ class Config:
     rate_limit: float = _opt(50.0, "client messages per second per connection")
     rate_burst: float = _opt(100.0, "client message burst per connection")
 
-    write_delay_ms: float = _opt(
-        -1.0,
-        "milliseconds a publication may wait to share a socket write with the next ones "
-        "(-1: 0 with the memory engine, 0.5 with redis, whose publications arrive one by one)",
-    )
     shutdown_timeout: float = _opt(30.0, "seconds to drain connections on SIGTERM")
     workers: int = _opt(
         1,

@@ -217,3 +217,35 @@ async def test_presence_of_a_killed_node_expires() -> None:
                 await asyncio.sleep(0.05)
         assert [c["pushRef"] for c in await presence_users(http, a, channel)] == ["tab-a"]
         await on_a.close()
+
+
+async def test_nodes_on_a_redis_cluster(redis_cluster: Any) -> None:
+    """Two nodes on a three-primary Redis Cluster (sharded pub/sub), clients on both,
+    channels spread over the primaries, publications from both nodes and an external
+    publisher."""
+    prefix = f"lpcluster-{uuid.uuid4().hex[:8]}"
+    channels = [f"workflow:c{i}" for i in range(6)]
+    async with (
+        cluster(2, redis_cluster.url, prefix, LIVEPUSH_REDIS_CLUSTER="true") as nodes,
+        aiohttp.ClientSession() as http,
+        Publisher(redis_cluster.url, prefix=prefix, cluster=True) as external,
+    ):
+        watchers = [
+            await Watcher.connect(http, nodes[i % 2], f"tab{i}", ",".join(channels))
+            for i in range(4)
+        ]
+        for n in range(20):
+            for index, channel in enumerate(channels):
+                if (n + index) % 3 == 2:
+                    await external.publish(channel, "tick", {"n": n})
+                else:
+                    body = {"type": "tick", "data": {"n": n}, "channel": channel}
+                    status, _ = await publish(http, nodes[(n + index) % 2], body)
+                    assert status == 200
+        for watcher in watchers:
+            await watcher.wait(lambda w=watcher: all(len(w.on(c)) == 20 for c in channels))
+            for channel in channels:
+                assert [m["offset"] for m in watcher.on(channel)] == list(range(1, 21))
+                assert [m["data"]["n"] for m in watcher.on(channel)] == list(range(20))
+        for watcher in watchers:
+            await watcher.close()

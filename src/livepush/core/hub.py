@@ -35,10 +35,7 @@ def own_channels(session: Session) -> tuple[str, str, str]:
 class Hub:
     """Channel -> sessions, pushRef -> session, user -> sessions, for one node."""
 
-    def __init__(self, *, flush_delay: float = 0.0) -> None:
-        #: 0: write at the end of the event-loop iteration that staged; > 0: that many seconds
-        #: later, so publications arriving one by one (from Redis) share writes.
-        self.flush_delay = flush_delay
+    def __init__(self) -> None:
         self._channels: dict[str, dict[Session, None]] = {}
         self._by_push_ref: dict[str, Session] = {}
         self._by_user: dict[str, dict[Session, None]] = {}
@@ -79,10 +76,7 @@ class Hub:
                 self.flush()
             else:
                 self._flush_scheduled = True
-                if self.flush_delay > 0:
-                    loop.call_later(self.flush_delay, self.flush)
-                else:
-                    loop.call_soon(self.flush)
+                loop.call_soon(self.flush)
         return len(recipients)
 
     def flush(self) -> None:

@@ -78,8 +78,6 @@ class NodeSettings:
     presence: bool = True
     #: A connection's presence lapses this long after its node stops renewing it (node died).
     presence_ttl: float = 30.0
-    #: Seconds publications wait to share a socket write (see `Hub.flush_delay`).
-    write_delay: float = 0.0
 
 
 @dataclass(slots=True)
@@ -127,7 +125,7 @@ class Node:
         self.settings = settings or NodeSettings()
         self.limits = limits or SessionLimits()
         self.metrics = metrics or Metrics()
-        self.hub = Hub(flush_delay=self.settings.write_delay)
+        self.hub = Hub()
         self.draining = False
         self.deadlines = Deadlines()
         self._tasks: list[asyncio.Task[None]] = []

@@ -38,6 +38,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from livepush.engines.base import Broker, Engine, EngineUnavailable, PresenceStore, Recovery
@@ -46,6 +47,8 @@ from livepush.protocol.envelope import Priority, Publication, StreamPosition
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+#: Commands in flight at once on a Redis Cluster (also its connections per node).
+CLUSTER_CONCURRENCY = 64
 
 
 def _script(name: str) -> str:
@@ -150,7 +153,7 @@ def connect(
         retry = Retry(NoBackoff(), 0)
     if cluster:
         return RedisCluster.from_url(
-            url, retry=retry, client_name=name, max_connections=max_connections
+            url, retry=retry, client_name=name, max_connections=CLUSTER_CONCURRENCY
         )
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
@@ -161,6 +164,18 @@ def connect(
         client_name=name,
     )
     return aioredis.Redis.from_pool(pool)
+
+
+class _Shard:
+    """One pub/sub connection and its reader."""
+
+    __slots__ = ("client", "key", "pubsub", "reader")
+
+    def __init__(self, key: str, client: Any, pubsub: Any) -> None:
+        self.key = key
+        self.client = client
+        self.pubsub = pubsub
+        self.reader: asyncio.Task[None] | None = None
 
 
 class _Channel:
@@ -200,13 +215,14 @@ class RedisStreams:
         self.redis: Any = None
         self._publish_script: Any = None
         self._recover_script: Any = None
+        self._call = _Calls(cluster)
 
     async def start(self) -> None:
         """Connect (fails if Redis is unreachable)."""
         self.redis = connect(self.url, cluster=self.cluster)
         self._publish_script = self.redis.register_script(PUBLISH_LUA)
         self._recover_script = self.redis.register_script(RECOVER_LUA)
-        async with _unavailable_on_error():
+        async with self._call():
             await self.redis.ping()
 
     async def close(self) -> None:
@@ -222,10 +238,10 @@ class RedisStreams:
         name = self.keys.pubsub(channel)
         if publication.priority is Priority.EPHEMERAL:
             command = "SPUBLISH" if self.cluster else "PUBLISH"
-            async with _unavailable_on_error():
+            async with self._call():
                 await self.redis.execute_command(command, name, b"::" + message)
             return publication
-        async with _unavailable_on_error():
+        async with self._call():
             offset, epoch = await self._publish_script(
                 keys=[self.keys.meta(channel), self.keys.stream(channel)],
                 args=[
@@ -259,7 +275,7 @@ class RedisStreams:
     async def _run_recover(
         self, channel: str, epoch: str, offset: int, limit: int
     ) -> tuple[str, int, list[bytes] | None]:
-        async with _unavailable_on_error():
+        async with self._call():
             result = await self._recover_script(
                 keys=[self.keys.meta(channel), self.keys.stream(channel)],
                 args=[epoch, offset, limit, self._history_ttl_ms, self._stream_ttl_ms, new_epoch()],
@@ -301,9 +317,9 @@ class RedisBroker(Broker):
         self._reconnect_base = reconnect_base
         self._reconnect_cap = reconnect_cap
         self._subscribe_timeout = subscribe_timeout
-        self._pubsub: Any = None
-        self._pubsub_redis: Any = None
-        self._reader: asyncio.Task[None] | None = None
+        self._shards: dict[str, _Shard] = {}
+        self._shard_lock = asyncio.Lock()
+        self._resync: asyncio.Task[None] | None = None
         self._channels: dict[str, _Channel] = {}
         self._connected = asyncio.Event()
         self._closing = False
@@ -314,28 +330,17 @@ class RedisBroker(Broker):
     async def start(self) -> None:
         """Connect (commands and pub/sub) and start reading."""
         await self.streams.start()
-        self._pubsub_redis = connect(
-            self.url, cluster=self.cluster, retries=0, name=f"{self.keys.prefix}-pubsub"
-        )
-        await self._open_pubsub()
+        await self._open_all_shards()
         self._connected.set()
-        self._reader = asyncio.get_running_loop().create_task(self._read())
 
     async def close(self) -> None:
         """Stop reading and disconnect."""
         self._closing = True
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-        for task in list(self._tasks):
+        tasks = [*self._tasks, *([self._resync] if self._resync else [])]
+        for task in tasks:
             task.cancel()
-        if self._pubsub is not None:
-            with contextlib.suppress(RedisError, OSError):
-                await self._pubsub.aclose()
-        if self._pubsub_redis is not None:
-            with contextlib.suppress(RedisError, OSError):
-                await self._pubsub_redis.aclose()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._close_shards()
         await self.streams.close()
 
     @property
@@ -381,9 +386,10 @@ class RedisBroker(Broker):
         if state is None:
             state = self._channels[channel] = _Channel()
             if self._connected.is_set():
-                # on failure the reader reconnects and re-subscribes every channel
-                with contextlib.suppress(RedisError, OSError):
-                    await self._pubsub_subscribe([channel])
+                try:
+                    await self._subscribe_names([self.keys.pubsub(channel)])
+                except (RedisError, OSError) as exc:
+                    self._lost(exc)  # the resync subscribes every channel again
         try:
             async with asyncio.timeout(self._subscribe_timeout):
                 await self._until_ready(channel, state)
@@ -413,90 +419,142 @@ class RedisBroker(Broker):
         if not state.confirmed.done():
             state.confirmed.cancel()
         if self._connected.is_set():
+            name = self.keys.pubsub(channel)
             with contextlib.suppress(RedisError, OSError):
-                if self.cluster:
-                    await self._pubsub.sunsubscribe(self.keys.pubsub(channel))
-                else:
-                    await self._pubsub.unsubscribe(self.keys.pubsub(channel))
+                shard = self._shards.get(self._shard_key(name))
+                if shard is not None:
+                    if self.cluster:
+                        await shard.pubsub.sunsubscribe(name)
+                    else:
+                        await shard.pubsub.unsubscribe(name)
 
     @property
     def channel_count(self) -> int:
         """Channels this node is subscribed to in Redis."""
         return len(self._channels)
 
-    async def _pubsub_subscribe(self, channels: Sequence[str]) -> None:
-        names = [self.keys.pubsub(c) for c in channels]
-        for i in range(0, len(names), 1000):
-            if self.cluster:
-                await self._pubsub.ssubscribe(*names[i : i + 1000])
-            else:
-                await self._pubsub.subscribe(*names[i : i + 1000])
+    # -- pub/sub connections -----------------------------------------------------------------
 
-    async def _open_pubsub(self) -> None:
-        self._pubsub = self._pubsub_redis.pubsub()
-        if self.cluster:
-            return  # ClusterPubSub connects per shard on ssubscribe
-        # a connection of its own, made now, so a failure shows here
-        await self._pubsub.connect()
+    def _shard_key(self, name: str) -> str:
+        """The pub/sub connection a channel belongs to: "" for a plain Redis, the primary
+        that owns the channel's slot in a Redis Cluster (sharded pub/sub)."""
+        if not self.cluster:
+            return ""
+        node = self.streams.redis.nodes_manager.get_node_from_slot(key_slot(name.encode()))
+        return str(node.name)
+
+    async def _open_all_shards(self) -> None:
+        """A pub/sub connection to Redis (to every primary of a cluster), opened up front so a
+        lost Redis shows at once, even without subscriptions."""
+        primaries = self.streams.redis.get_primaries() if self.cluster else []
+        for key in [str(n.name) for n in primaries] or [""]:
+            await self._shard(key)
+
+    async def _shard(self, key: str) -> _Shard:
+        shard = self._shards.get(key)
+        if shard is not None:
+            return shard
+        async with self._shard_lock:
+            shard = self._shards.get(key)
+            if shard is None:
+                name = f"{self.keys.prefix}-pubsub"
+                if self.cluster:
+                    host, _, port = key.rpartition(":")
+                    client: Any = aioredis.Redis(
+                        host=host, port=int(port), retry=Retry(NoBackoff(), 0), client_name=name
+                    )
+                else:
+                    client = connect(self.url, retries=0, name=name, max_connections=2)
+                pubsub = client.pubsub()
+                try:
+                    await pubsub.connect()
+                except BaseException:
+                    await client.aclose()
+                    raise
+                shard = _Shard(key, client, pubsub)
+                shard.reader = asyncio.get_running_loop().create_task(self._read(shard))
+                self._shards[key] = shard
+        return shard
+
+    async def _subscribe_names(self, names: Sequence[str]) -> None:
+        by_shard: dict[str, list[str]] = {}
+        for name in names:
+            by_shard.setdefault(self._shard_key(name), []).append(name)
+        for key, group in by_shard.items():
+            shard = await self._shard(key)
+            for i in range(0, len(group), 1000):
+                if self.cluster:
+                    await shard.pubsub.ssubscribe(*group[i : i + 1000])
+                else:
+                    await shard.pubsub.subscribe(*group[i : i + 1000])
+
+    async def _close_shards(self) -> None:
+        shards, self._shards = list(self._shards.values()), {}
+        for shard in shards:
+            if shard.reader is not None and shard.reader is not asyncio.current_task():
+                shard.reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await shard.reader
+            with contextlib.suppress(RedisError, OSError):
+                await shard.pubsub.aclose()
+            with contextlib.suppress(RedisError, OSError):
+                await shard.client.aclose()
 
     # -- reading -----------------------------------------------------------------------------
 
-    async def _read(self) -> None:
-        attempt = 0
-        while not self._closing:
-            try:
-                await self._read_until_error()
-            except asyncio.CancelledError:
-                raise
-            except (RedisError, OSError) as exc:
-                log.warning("redis pub/sub connection lost (%s); reconnecting", exc)
-            if self._closing:
-                return
-            self._connected.clear()
-            while not self._closing:
-                attempt += 1
-                delay = random.uniform(
-                    0, min(self._reconnect_cap, self._reconnect_base * 2 ** min(attempt, 16))
-                )
-                await asyncio.sleep(delay)
-                try:
-                    await self._reconnect()
-                except (RedisError, OSError) as exc:
-                    log.info("redis reconnect attempt %d failed: %s", attempt, exc)
+    async def _read(self, shard: _Shard) -> None:
+        """One pub/sub connection's messages, in order, until it fails."""
+        pubsub = shard.pubsub
+        try:
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=False, timeout=1.0)
+                if message is None:
                     continue
-                log.warning(
-                    "redis pub/sub reconnected; resynchronising %d channels", len(self._channels)
-                )
-                attempt = 0
-                break
+                kind = message["type"]
+                if kind in (b"message", "message", b"smessage", "smessage"):
+                    self._on_message(_text(message["channel"]), message["data"])
+                elif kind in (b"subscribe", "subscribe", b"ssubscribe", "ssubscribe"):
+                    state = self._channels.get(self.keys.channel_of(_text(message["channel"])))
+                    if state is not None and not state.confirmed.done():
+                        state.confirmed.set_result(None)
+        except (RedisError, OSError) as exc:
+            if not self._closing:
+                self._lost(exc)
+
+    def _lost(self, exc: BaseException) -> None:
+        """A pub/sub connection failed: resubscribe everything on fresh connections (once)."""
+        if self._closing or (self._resync is not None and not self._resync.done()):
+            return
+        log.warning("redis pub/sub connection lost (%s); reconnecting", exc)
+        self._connected.clear()
+        self._resync = asyncio.get_running_loop().create_task(self._reconnect())
 
     async def _reconnect(self) -> None:
-        with contextlib.suppress(Exception):
-            await self._pubsub.aclose()
-        await self._open_pubsub()
-        channels = list(self._channels)
-        if channels:
-            await self._pubsub_subscribe(channels)
-        self._connected.set()
-        for channel in channels:
-            state = self._channels.get(channel)
-            if state is not None and state.ready:
-                self._start_fill(channel, state)
-
-    async def _read_until_error(self) -> None:
-        pubsub = self._pubsub
-        get = pubsub.get_sharded_message if self.cluster else pubsub.get_message
-        while True:
-            message = await get(ignore_subscribe_messages=False, timeout=1.0)
-            if message is None:
+        """Back off, reconnect every pub/sub connection, subscribe every channel again, then
+        fill each channel from its stream (what was published meanwhile, or a reset)."""
+        await self._close_shards()
+        attempt = 0
+        while not self._closing:
+            attempt += 1
+            delay = min(self._reconnect_cap, self._reconnect_base * 2 ** min(attempt, 16))
+            await asyncio.sleep(random.uniform(0, delay))
+            try:
+                if self.cluster:
+                    await self.streams.redis.nodes_manager.initialize()  # slots may have moved
+                await self._open_all_shards()
+                await self._subscribe_names([self.keys.pubsub(c) for c in self._channels])
+            except (RedisError, OSError) as exc:
+                log.info("redis reconnect attempt %d failed: %s", attempt, exc)
+                await self._close_shards()
                 continue
-            kind = message["type"]
-            if kind in (b"message", "message", b"smessage", "smessage"):
-                self._on_message(_text(message["channel"]), message["data"])
-            elif kind in (b"subscribe", "subscribe", b"ssubscribe", "ssubscribe"):
-                state = self._channels.get(self.keys.channel_of(_text(message["channel"])))
-                if state is not None and not state.confirmed.done():
-                    state.confirmed.set_result(None)
+            break
+        if self._closing:
+            return
+        log.warning("redis pub/sub reconnected; resynchronising %d channels", len(self._channels))
+        self._connected.set()
+        for channel, state in list(self._channels.items()):
+            if state.ready and not state.filling:
+                self._start_fill(channel, state)
 
     def _on_message(self, name: str, payload: bytes) -> None:
         channel = self.keys.channel_of(name)
@@ -586,6 +644,7 @@ class RedisPresence(PresenceStore):
         self._claim: Any = None
         self._release: Any = None
         self._members: Any = None
+        self._call = _Calls(cluster)
 
     async def start(self) -> None:
         """Connect."""
@@ -602,20 +661,20 @@ class RedisPresence(PresenceStore):
 
     async def claim(self, name: str, owner: str, ttl: float) -> bool:
         """See `PresenceStore.claim`."""
-        async with _unavailable_on_error():
+        async with self._call():
             result = await self._claim(keys=[self.keys.claim(name)], args=[owner, _ms(ttl)])
         return int(result) == 1
 
     async def release(self, name: str, owner: str, ttl: float) -> None:
         """See `PresenceStore.release`."""
-        async with _unavailable_on_error():
+        async with self._call():
             await self._release(
                 keys=[self.keys.claim(name)], args=[owner, _ms(ttl) if ttl > 0 else 0]
             )
 
     async def join(self, channel: str, client_id: str, info: dict[str, Any], ttl: float) -> None:
         """See `PresenceStore.join`."""
-        async with _unavailable_on_error():
+        async with self._call():
             await self._members(
                 keys=list(self.keys.presence(channel)),
                 args=["join", client_id, _encode(info), _ms(ttl)],
@@ -623,61 +682,79 @@ class RedisPresence(PresenceStore):
 
     async def leave(self, channel: str, client_id: str) -> None:
         """See `PresenceStore.leave`."""
-        async with _unavailable_on_error():
+        async with self._call():
             await self._members(keys=list(self.keys.presence(channel)), args=["leave", client_id])
 
     async def join_many(
         self, entries: Sequence[tuple[str, str, dict[str, Any]]], ttl: float
     ) -> None:
-        """One pipeline (round trip) per 1,000 entries."""
-        for i in range(0, len(entries), 1000):
-            async with _unavailable_on_error():
-                pipe = self._redis.pipeline(transaction=False)
-                for channel, client_id, info in entries[i : i + 1000]:
-                    await self._members(
-                        keys=list(self.keys.presence(channel)),
-                        args=["join", client_id, _encode(info), _ms(ttl)],
-                        client=pipe,
-                    )
-                await pipe.execute()
+        """Batched (see `_batch`)."""
+        await self._batch(
+            self._members,
+            [
+                (list(self.keys.presence(c)), ["join", cid, _encode(info), _ms(ttl)])
+                for c, cid, info in entries
+            ],
+        )
 
     async def leave_many(self, entries: Sequence[tuple[str, str]]) -> None:
-        """One pipeline per 1,000 entries."""
-        for i in range(0, len(entries), 1000):
-            async with _unavailable_on_error():
-                pipe = self._redis.pipeline(transaction=False)
-                for channel, client_id in entries[i : i + 1000]:
-                    await self._members(
-                        keys=list(self.keys.presence(channel)),
-                        args=["leave", client_id],
-                        client=pipe,
-                    )
-                await pipe.execute()
+        """Batched (see `_batch`)."""
+        await self._batch(
+            self._members, [(list(self.keys.presence(c)), ["leave", cid]) for c, cid in entries]
+        )
 
     async def claim_many(self, claims: Sequence[tuple[str, str]], ttl: float) -> None:
-        """One pipeline per 1,000 claims."""
-        for i in range(0, len(claims), 1000):
-            async with _unavailable_on_error():
+        """Batched (see `_batch`)."""
+        await self._batch(
+            self._claim, [([self.keys.claim(name)], [owner, _ms(ttl)]) for name, owner in claims]
+        )
+
+    async def _batch(self, script: Any, calls: Sequence[tuple[list[str], list[Any]]]) -> None:
+        """Run many calls of a script: one pipeline (one round trip) per 1,000 on a plain
+        Redis; on a cluster (where redis-py does not pipeline scripts) concurrently, within
+        the cluster's command limit."""
+        if self.cluster:
+
+            async def one(keys: list[str], args: list[Any]) -> None:
+                async with self._call():
+                    await script(keys=keys, args=args)
+
+            await asyncio.gather(*(one(k, a) for k, a in calls))
+            return
+        for i in range(0, len(calls), 1000):
+            async with self._call():
                 pipe = self._redis.pipeline(transaction=False)
-                for name, owner in claims[i : i + 1000]:
-                    await self._claim(
-                        keys=[self.keys.claim(name)], args=[owner, _ms(ttl)], client=pipe
-                    )
+                for keys, args in calls[i : i + 1000]:
+                    await script(keys=keys, args=args, client=pipe)
                 await pipe.execute()
 
     async def members(self, channel: str) -> dict[str, dict[str, Any]]:
         """See `PresenceStore.members`."""
-        async with _unavailable_on_error():
+        async with self._call():
             flat = await self._members(keys=list(self.keys.presence(channel)), args=["members"])
         return {_text(flat[i]): msgspec.json.decode(flat[i + 1]) for i in range(0, len(flat), 2)}
 
 
-@contextlib.asynccontextmanager
-async def _unavailable_on_error() -> AsyncIterator[None]:
-    try:
-        yield
-    except (RedisError, OSError) as exc:
-        raise EngineUnavailable(f"Redis: {exc}") from exc
+class _Calls:
+    """Around every Redis command: Redis errors become `EngineUnavailable`, and on a cluster
+    at most `CLUSTER_CONCURRENCY` commands run at once (redis-py's cluster client fails,
+    rather than waits, when a node's connections run out; the plain client's pool waits)."""
+
+    __slots__ = ("_limit",)
+
+    def __init__(self, cluster: bool) -> None:
+        self._limit = asyncio.Semaphore(CLUSTER_CONCURRENCY) if cluster else None
+
+    @contextlib.asynccontextmanager
+    async def __call__(self) -> AsyncIterator[None]:
+        try:
+            if self._limit is None:
+                yield
+            else:
+                async with self._limit:
+                    yield
+        except (RedisError, OSError) as exc:
+            raise EngineUnavailable(f"Redis: {exc}") from exc
 
 
 def _ms(seconds: float) -> int:

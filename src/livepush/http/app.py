@@ -50,12 +50,6 @@ def build_engine(config: Config) -> Engine:
     return memory_engine(history_size=config.history_size, history_ttl=config.history_ttl)
 
 
-def _write_delay(config: Config) -> float:
-    if config.write_delay_ms >= 0:
-        return config.write_delay_ms / 1000
-    return 0.0005 if config.engine == "redis" else 0.0
-
-
 def build_node(config: Config) -> Node:
     """A node from the configuration (engine, token verifier, policy, limits)."""
     verifier = TokenVerifier(
@@ -90,7 +84,6 @@ def build_node(config: Config) -> Node:
             ping_interval=config.ping_interval,
             presence=config.presence,
             presence_ttl=config.presence_ttl,
-            write_delay=_write_delay(config),
         ),
         limits=SessionLimits(
             max_queue_messages=config.max_queue_messages,

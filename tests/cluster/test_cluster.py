@@ -34,7 +34,12 @@ async def cluster(
     }
     async with contextlib.AsyncExitStack() as stack:
         nodes = [await stack.enter_async_context(serve_process(env=environ)) for _ in range(size)]
-        yield nodes
+        try:
+            yield nodes
+        except BaseException:
+            for index, node in enumerate(nodes):  # shown by pytest with the failure
+                print(f"--- node {index} ({node.url}):\n{node.banner}{''.join(node.output)}")
+            raise
 
 
 class Watcher:
@@ -249,3 +254,50 @@ async def test_nodes_on_a_redis_cluster(redis_cluster: Any) -> None:
                 assert [m["data"]["n"] for m in watcher.on(channel)] == list(range(20))
         for watcher in watchers:
             await watcher.close()
+        for node in nodes:  # no pub/sub connection failed along the way
+            assert "connection lost" not in node.banner + "".join(node.output)
+
+
+async def test_sse_commands_posted_to_another_node() -> None:
+    """No sticky sessions for SSE either: the stream is on node A, the command POSTs reach
+    node B, which runs them on A through Redis and answers with A's replies."""
+    from tests.integration.helpers import SseReader
+
+    url = redis_url()
+    async with cluster(2, url) as (a, b), aiohttp.ClientSession() as http:
+        token = mint_token(SECRET, "alice", workflows=["*"])
+        stream = await http.get(
+            f"{a.url}/rest/push?pushRef=sse1&token={token}",
+            headers={"Accept": "text/event-stream"},
+        )
+        reader = SseReader(stream)
+        assert (await reader.message_of_type("connected"))["data"]["pushRef"] == "sse1"
+
+        async def post(node: ServerProcess, push_ref: str, body: Any, tok: str = token) -> Any:
+            async with http.post(
+                f"{node.url}/rest/push?pushRef={push_ref}&token={tok}", json=body
+            ) as response:
+                return response.status, await response.json()
+
+        status, replies = await post(
+            b,
+            "sse1",
+            [{"type": "subscribe", "channel": "workflow:7", "id": 1}, {"type": "ping", "id": 2}],
+        )
+        assert status == 200
+        assert [r["id"] for r in replies] == [1, 2] and replies[0]["data"][
+            "channel"
+        ] == "workflow:7"
+        await publish(http, b, {"type": "hello", "data": {"n": 1}, "channel": "workflow:7"})
+        assert (await reader.message_of_type("hello"))["data"] == {"n": 1}
+        # nobody has this pushRef: every node says so, quickly
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        status, body = await post(b, "nobody", {"type": "ping", "id": 1})
+        assert status == 404 and body["error"]["code"] == "session_not_found"
+        assert loop.time() - started < 2.0
+        # another user's pushRef is refused by the node that holds it
+        mallory = mint_token(SECRET, "mallory", workflows=["*"])
+        status, body = await post(b, "sse1", {"type": "ping", "id": 1}, mallory)
+        assert status == 403 and body["error"]["code"] == "forbidden"
+        stream.close()

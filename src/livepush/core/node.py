@@ -132,6 +132,7 @@ class Node:
         self._drained = asyncio.Event()
         self.broker.set_handler(self._on_publication)
         self.broker.set_reset_handler(self._on_reset)
+        self.broker.set_command_handler(self._run_local_commands)
 
     async def start(self) -> None:
         """Start the engine and the node's timers (token expiry, keep-alive)."""
@@ -569,6 +570,32 @@ class Node:
             return
         self.metrics.received(command.type, len(raw))
         await self.execute(session, command, reply)
+
+    async def run_commands(self, push_ref: str, user_id: str, messages: list[bytes]) -> list[bytes]:
+        """Run client messages for the connection `push_ref` (the SSE POST), on this node or,
+        through the engine, on the node of the cluster that holds it; returns the replies."""
+        replies = await self._run_local_commands(push_ref, user_id, messages)
+        if replies is None:
+            replies = await self.broker.forward_commands(push_ref, user_id, messages)
+        if replies is None:
+            raise ProtocolError(
+                ErrorCode.SESSION_NOT_FOUND, f"no open connection with pushRef {push_ref!r}"
+            )
+        return replies
+
+    async def _run_local_commands(
+        self, push_ref: str, user_id: str, messages: list[bytes]
+    ) -> list[bytes] | None:
+        """None when the connection is not on this node."""
+        session = self.hub.session(push_ref)
+        if session is None or session.closed:
+            return None
+        if session.user_id != user_id:
+            raise ProtocolError(ErrorCode.FORBIDDEN, "this pushRef belongs to another user")
+        replies: list[bytes] = []
+        for raw in messages:
+            await self.handle_message(session, raw, replies.append)
+        return replies
 
     async def execute(self, session: Session, command: Command, reply: Reply) -> None:
         """Run one decoded command; its reply or error goes to `reply`."""

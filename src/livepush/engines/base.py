@@ -17,7 +17,7 @@ Guarantees every broker gives:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NamedTuple
 
 from livepush.protocol.envelope import Publication, StreamPosition
@@ -26,6 +26,9 @@ from livepush.protocol.errors import ErrorCode, ProtocolError
 PublicationHandler = Callable[[Publication], None]
 #: Told that a subscribed channel's stream lost continuity (its new position).
 ResetHandler = Callable[[str, StreamPosition], None]
+#: Runs client messages for a local connection: (pushRef, userId, messages) -> replies, None
+#: when the connection is not on this node; raises `ProtocolError` to refuse.
+CommandHandler = Callable[[str, str, list[bytes]], Awaitable[list[bytes] | None]]
 
 
 class EngineUnavailable(ProtocolError):
@@ -49,6 +52,7 @@ class Broker(ABC):
     def __init__(self) -> None:
         self._handler: PublicationHandler = lambda publication: None
         self._reset: ResetHandler = lambda channel, position: None
+        self._commands: CommandHandler | None = None
 
     def set_handler(self, handler: PublicationHandler) -> None:
         """Register the node callback that receives every publication of subscribed channels."""
@@ -58,6 +62,17 @@ class Broker(ABC):
         """Register the node callback told when a subscribed channel's stream lost continuity
         (publications this node can no longer deliver): its clients must resynchronise."""
         self._reset = handler
+
+    def set_command_handler(self, handler: CommandHandler) -> None:
+        """Register the node callback that runs commands forwarded by other nodes."""
+        self._commands = handler
+
+    async def forward_commands(
+        self, push_ref: str, user_id: str, messages: list[bytes]
+    ) -> list[bytes] | None:
+        """Run client messages on the node that holds `push_ref`'s connection; None when no
+        node does (a single-node engine has no other node)."""
+        return None
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Connect and start background work."""

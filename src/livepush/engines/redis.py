@@ -43,6 +43,7 @@ from redis.exceptions import RedisError
 
 from livepush.engines.base import Broker, Engine, EngineUnavailable, PresenceStore, Recovery
 from livepush.protocol.envelope import Priority, Publication, StreamPosition
+from livepush.protocol.errors import ErrorCode, ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,37 @@ def connect(
         client_name=name,
     )
     return aioredis.Redis.from_pool(pool)
+
+
+class _Forwarded:
+    """Commands forwarded to the other nodes, waiting for the node that has the connection
+    (or for every node to say it does not)."""
+
+    __slots__ = ("absent", "expected", "future")
+
+    def __init__(self) -> None:
+        self.future: asyncio.Future[dict[str, Any] | None] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self.absent = 0
+        self.expected: int | None = None
+
+    def expect(self, receivers: int) -> None:
+        self.expected = receivers
+        self._check()
+
+    def answer(self, answer: dict[str, Any]) -> None:
+        if self.future.done():
+            return
+        if answer.get("absent"):
+            self.absent += 1
+            self._check()
+        else:
+            self.future.set_result(answer)
+
+    def _check(self) -> None:
+        if self.expected is not None and self.absent >= self.expected and not self.future.done():
+            self.future.set_result(None)
 
 
 class _Shard:
@@ -317,6 +349,12 @@ class RedisBroker(Broker):
         self._reconnect_base = reconnect_base
         self._reconnect_cap = reconnect_cap
         self._subscribe_timeout = subscribe_timeout
+        #: This node, for replies to the commands it forwards to others.
+        self.node_id = secrets.token_hex(6)
+        self._rpc_name = f"{prefix}:{{rpc}}"
+        self._inbox_name = f"{prefix}:{{node:{self.node_id}}}"
+        self._waiting: dict[str, _Forwarded] = {}
+        self._forward_timeout = 5.0
         self._shards: dict[str, _Shard] = {}
         self._shard_lock = asyncio.Lock()
         self._resync: asyncio.Task[None] | None = None
@@ -331,6 +369,7 @@ class RedisBroker(Broker):
         """Connect (commands and pub/sub) and start reading."""
         await self.streams.start()
         await self._open_all_shards()
+        await self._subscribe_names([self._rpc_name, self._inbox_name])
         self._connected.set()
 
     async def close(self) -> None:
@@ -482,11 +521,16 @@ class RedisBroker(Broker):
             by_shard.setdefault(self._shard_key(name), []).append(name)
         for key, group in by_shard.items():
             shard = await self._shard(key)
+            if self.cluster:
+                # one SSUBSCRIBE may only name channels of one slot
+                by_slot: dict[int, list[str]] = {}
+                for name in group:
+                    by_slot.setdefault(key_slot(name.encode()), []).append(name)
+                for names in by_slot.values():
+                    await shard.pubsub.ssubscribe(*names)
+                continue
             for i in range(0, len(group), 1000):
-                if self.cluster:
-                    await shard.pubsub.ssubscribe(*group[i : i + 1000])
-                else:
-                    await shard.pubsub.subscribe(*group[i : i + 1000])
+                await shard.pubsub.subscribe(*group[i : i + 1000])
 
     async def _close_shards(self) -> None:
         shards, self._shards = list(self._shards.values()), {}
@@ -512,7 +556,13 @@ class RedisBroker(Broker):
                     continue
                 kind = message["type"]
                 if kind in (b"message", "message", b"smessage", "smessage"):
-                    self._on_message(_text(message["channel"]), message["data"])
+                    name = _text(message["channel"])
+                    if name == self._rpc_name:
+                        self._on_forwarded(message["data"])
+                    elif name == self._inbox_name:
+                        self._on_forward_reply(message["data"])
+                    else:
+                        self._on_message(name, message["data"])
                 elif kind in (b"subscribe", "subscribe", b"ssubscribe", "ssubscribe"):
                     state = self._channels.get(self.keys.channel_of(_text(message["channel"])))
                     if state is not None and not state.confirmed.done():
@@ -520,6 +570,78 @@ class RedisBroker(Broker):
         except (RedisError, OSError) as exc:
             if not self._closing:
                 self._lost(exc)
+
+    # -- commands forwarded between nodes ----------------------------------------------------
+
+    async def forward_commands(
+        self, push_ref: str, user_id: str, messages: list[bytes]
+    ) -> list[bytes] | None:
+        """Ask every node (one pub/sub message) to run the messages on `push_ref`'s
+        connection: the node that holds it answers with the replies, the others that they do
+        not have it, on this node's inbox channel. None once every node said no."""
+        request_id = secrets.token_hex(8)
+        waiting = self._waiting[request_id] = _Forwarded()
+        request = _encode(
+            {
+                "id": request_id,
+                "replyTo": self._inbox_name,
+                "pushRef": push_ref,
+                "userId": user_id,
+                "messages": [m.decode() for m in messages],
+            }
+        )
+        try:
+            async with self.streams._call():
+                receivers = await self.streams.redis.execute_command(
+                    "SPUBLISH" if self.cluster else "PUBLISH", self._rpc_name, request
+                )
+            waiting.expect(int(receivers))
+            try:
+                async with asyncio.timeout(self._forward_timeout):
+                    answer = await waiting.future
+            except TimeoutError:
+                raise EngineUnavailable("no answer from the node holding the connection") from None
+        finally:
+            self._waiting.pop(request_id, None)
+        if answer is None:
+            return None
+        if "error" in answer:
+            raise ProtocolError(ErrorCode(answer["error"]["code"]), answer["error"]["message"])
+        return [r.encode() for r in answer["replies"]]
+
+    def _on_forwarded(self, data: bytes) -> None:
+        task = asyncio.get_running_loop().create_task(self._run_forwarded(data))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_forwarded(self, data: bytes) -> None:
+        try:
+            request = msgspec.json.decode(data)
+            messages = [str(m).encode() for m in request["messages"]]
+            answer: dict[str, Any] = {"id": request["id"]}
+            try:
+                replies = None
+                if self._commands is not None:
+                    replies = await self._commands(request["pushRef"], request["userId"], messages)
+            except ProtocolError as exc:
+                answer["error"] = {"code": exc.code.value, "message": exc.message}
+            else:
+                if replies is None:
+                    answer["absent"] = True
+                else:
+                    answer["replies"] = [r.decode() for r in replies]
+            async with self.streams._call():
+                await self.streams.redis.execute_command(
+                    "SPUBLISH" if self.cluster else "PUBLISH", request["replyTo"], _encode(answer)
+                )
+        except Exception:
+            log.exception("running forwarded commands failed")
+
+    def _on_forward_reply(self, data: bytes) -> None:
+        answer = msgspec.json.decode(data)
+        waiting = self._waiting.get(answer.get("id"))
+        if waiting is not None:
+            waiting.answer(answer)
 
     def _lost(self, exc: BaseException) -> None:
         """A pub/sub connection failed: resubscribe everything on fresh connections (once)."""
@@ -542,7 +664,8 @@ class RedisBroker(Broker):
                 if self.cluster:
                     await self.streams.redis.nodes_manager.initialize()  # slots may have moved
                 await self._open_all_shards()
-                await self._subscribe_names([self.keys.pubsub(c) for c in self._channels])
+                names = [self.keys.pubsub(c) for c in self._channels]
+                await self._subscribe_names([self._rpc_name, self._inbox_name, *names])
             except (RedisError, OSError) as exc:
                 log.info("redis reconnect attempt %d failed: %s", attempt, exc)
                 await self._close_shards()

@@ -106,32 +106,26 @@ def create_app(config: Config, node: Node | None = None) -> web.Application:
     openapi = msgspec.json.encode(openapi_document(config.rest_prefix))
 
     async def push_commands(request: web.Request) -> web.Response:
-        """Commands of an SSE connection (same semantics as over WebSocket)."""
+        """Commands of an SSE connection (same semantics as over WebSocket). The connection
+        may be on another node of the cluster: the commands are then run there."""
         try:
             check_request_origin(request, handshake_settings)
             query = query_params(request)
             identity = authenticate(request, node, handshake_settings, query)
             push_ref = query.get("pushRef", "")
-            session = node.session(push_ref)
-            if session is None or session.closed:
-                raise ProtocolError(
-                    ErrorCode.SESSION_NOT_FOUND,
-                    f"no open connection with pushRef {push_ref!r} on this server",
-                )
-            if session.user_id != identity.user_id:
-                raise ProtocolError(ErrorCode.FORBIDDEN, "this pushRef belongs to another user")
         except ProtocolError as exc:
             return error_response(exc)
         body = await request.read()
         if len(body) > config.max_message_bytes * MAX_COMMANDS_PER_POST:
             return json_error(413, ErrorCode.MESSAGE_TOO_LARGE, "too many or too large commands")
-        replies: list[bytes] = []
         try:
             raw_items = _split_commands(body)
         except ProtocolError as exc:
             return json_error(400, exc.code, exc.message)
-        for raw in raw_items:
-            await node.handle_message(session, raw, replies.append)
+        try:
+            replies = await node.run_commands(push_ref, identity.user_id, raw_items)
+        except ProtocolError as exc:
+            return error_response(exc)
         return web.Response(body=b"[" + b",".join(replies) + b"]", content_type="application/json")
 
     api_key = config.api_key.encode() if config.api_key else None

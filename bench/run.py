@@ -266,6 +266,8 @@ def livepush_spec(name: str = "livepush") -> ServerSpec:
             "LIVEPUSH_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"
         )
         env["LIVEPUSH_REDIS_PREFIX"] = "bench-" + os.urandom(4).hex()
+    if name.endswith("-p1") or name.endswith("-p2"):  # LIVEPUSH_FLUSH_PASSES experiments
+        env["LIVEPUSH_FLUSH_PASSES"] = name[-1]
     if name.endswith("-w2"):
         argv += ["--workers", "2"]
         cpus = f"{SERVER_CPU},{LOADGEN_CPU}"
@@ -309,7 +311,7 @@ def build_specs(names: list[str]) -> dict[str, ServerSpec]:
     py = sys.executable
     specs: dict[str, ServerSpec] = {}
     for name in names:
-        if name in ("livepush", "livepush-redis", "livepush-redis-w2"):
+        if name.startswith("livepush"):
             specs[name] = livepush_spec(name)
         elif name == "node-ws":
             node = shutil.which("node") or "node"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from livepush.auth.tokens import Grants, Identity
 from livepush.core.hub import Hub
 from livepush.core.session import Session, SessionLimits
@@ -245,3 +247,22 @@ def test_own_channels_are_routed_without_being_stored() -> None:
     assert hub.subscribers("user:alice") == 3
     assert hub.is_own(a1, "user:alice")
     assert not hub.is_own(admin, "user:alice")
+
+
+@pytest.mark.parametrize(("passes", "writes"), [(1, 2), (2, 1)])
+async def test_flush_passes(passes: int, writes: int) -> None:
+    """With two passes, a publication staged in the next event-loop pass (a task woken by the
+    same I/O poll, e.g. a Redis reply) shares the socket write of the first one."""
+    hub = Hub(flush_passes=passes)
+    session = _session("a")
+    hub.subscribe(session, "workflow:1")
+    loop = asyncio.get_running_loop()
+    hub.fan_out(_publication(offset=1))
+    loop.call_soon(hub.fan_out, _publication(offset=2))
+    for _ in range(4):
+        await asyncio.sleep(0)
+    assert len(_writes(session)) == writes
+    assert (
+        b"".join(_writes(session))
+        == _publication(offset=1).payload + _publication(offset=2).payload
+    )

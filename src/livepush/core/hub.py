@@ -35,7 +35,12 @@ def own_channels(session: Session) -> tuple[str, str, str]:
 class Hub:
     """Channel -> sessions, pushRef -> session, user -> sessions, for one node."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, flush_passes: int = 1) -> None:
+        #: Event-loop passes between the first publication staged and the flush: 1 writes at
+        #: the end of the pass that staged; 2 lets the tasks that the same I/O poll woke up
+        #: (other publish requests, Redis replies and pub/sub messages) stage theirs too, so
+        #: they share the writes.
+        self.flush_passes = flush_passes
         self._channels: dict[str, dict[Session, None]] = {}
         self._by_push_ref: dict[str, Session] = {}
         self._by_user: dict[str, dict[Session, None]] = {}
@@ -76,7 +81,10 @@ class Hub:
                 self.flush()
             else:
                 self._flush_scheduled = True
-                loop.call_soon(self.flush)
+                if self.flush_passes > 1:
+                    loop.call_soon(loop.call_soon, self.flush)
+                else:
+                    loop.call_soon(self.flush)
         return len(recipients)
 
     def flush(self) -> None:

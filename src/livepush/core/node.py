@@ -78,6 +78,8 @@ class NodeSettings:
     presence: bool = True
     #: A connection's presence lapses this long after its node stops renewing it (node died).
     presence_ttl: float = 30.0
+    #: See `Hub.flush_passes`.
+    flush_passes: int = 1
 
 
 @dataclass(slots=True)
@@ -125,7 +127,7 @@ class Node:
         self.settings = settings or NodeSettings()
         self.limits = limits or SessionLimits()
         self.metrics = metrics or Metrics()
-        self.hub = Hub()
+        self.hub = Hub(flush_passes=self.settings.flush_passes)
         self.draining = False
         self.deadlines = Deadlines()
         self._tasks: list[asyncio.Task[None]] = []

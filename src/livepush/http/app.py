@@ -84,6 +84,7 @@ def build_node(config: Config) -> Node:
             ping_interval=config.ping_interval,
             presence=config.presence,
             presence_ttl=config.presence_ttl,
+            flush_passes=config.flush_passes or (2 if config.engine == "redis" else 1),
         ),
         limits=SessionLimits(
             max_queue_messages=config.max_queue_messages,

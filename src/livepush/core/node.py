@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -669,7 +670,14 @@ class Node:
 
 
 def _presence_info(session: Session) -> dict[str, Any]:
-    return {"userId": session.user_id}
+    """What a connection shows in presence: shared by the connections of one user (an
+    in-process presence store keeps it per connection)."""
+    return _user_info(session.user_id)
+
+
+@functools.lru_cache(maxsize=65536)
+def _user_info(user_id: str) -> dict[str, Any]:
+    return {"userId": user_id}
 
 
 def _position(since: Since | None) -> StreamPosition | None:

@@ -22,7 +22,7 @@ from livepush.core.deadlines import Deadlines
 from livepush.core.hub import Hub, own_channels
 from livepush.core.ratelimit import RateDecision
 from livepush.core.session import FrameWriter, Session, SessionLimits
-from livepush.engines.base import Engine
+from livepush.engines.base import Engine, EngineUnavailable
 from livepush.metrics import Metrics
 from livepush.protocol import PROTOCOL_VERSION
 from livepush.protocol.catalogue import metric_label
@@ -506,6 +506,8 @@ class Node:
                         [(f"pushref:{s.push_ref}", s.user_id) for s in sessions],
                         settings.push_ref_ttl,
                     )
+            except EngineUnavailable as exc:
+                log.warning("renewing presence failed (%s); retrying at the next interval", exc)
             except Exception:
                 log.exception("renewing presence failed; retrying at the next interval")
 

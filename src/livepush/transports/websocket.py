@@ -36,6 +36,7 @@ from aiohttp import hdrs, web
 
 from livepush.core.node import Node
 from livepush.core.session import GONE, PAUSED, SENT, Session
+from livepush.engines.base import EngineUnavailable
 from livepush.http.errors import json_error
 from livepush.protocol.envelope import Publication, StreamPosition, error_message
 from livepush.protocol.errors import CloseCode, ErrorCode, ProtocolError
@@ -563,6 +564,10 @@ def push_endpoint(
         _hand_over(request, connection, key)
         try:
             session = await handshake.open_session(node, connection)
+        except EngineUnavailable as exc:
+            log.warning("could not open a session for %s: %s", handshake.push_ref, exc)
+            connection.close(CloseCode.TRY_AGAIN_LATER, "engine unavailable; reconnect")
+            return _release(request)
         except Exception:
             log.exception("could not open a session for %s", handshake.push_ref)
             connection.close(CloseCode.INTERNAL_ERROR, "internal error")

@@ -252,3 +252,35 @@ async def test_redis_restart_without_persistence(private_redis: RedisProcess, ch
         assert again.epoch == position.epoch
         await until(lambda: a.received[-1].data == b'{"n":3}')
         assert a.received[-1].epoch == position.epoch
+
+
+async def test_subscribe_while_redis_is_down_fails_cleanly(
+    private_redis: RedisProcess, server_factory: Any, http: Any
+) -> None:
+    """A subscribe while Redis is unreachable is refused at once with `engine_unavailable`
+    and leaves no half subscription; once Redis is back the same subscribe works."""
+    from tests.integration.helpers import command, receive_json
+
+    server = await server_factory(
+        engine="redis", redis_url=private_redis.url, redis_prefix="lpdown"
+    )
+    ws = await http.ws_connect(server.push_url("tab", server.token(workflows=["*"])))
+    assert (await receive_json(ws))["type"] == "connected"
+    await private_redis.kill()
+    await until(lambda: not server.node.ready)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    reply = await command(ws, {"type": "subscribe", "channel": "workflow:9", "id": 1})
+    assert reply["type"] == "error" and reply["data"]["code"] == "engine_unavailable"
+    assert loop.time() - started < 2.0
+    session = server.node.session("tab")
+    assert session is not None and session.channels == []
+    assert server.node.hub.subscribers("workflow:9") == 0
+    await private_redis.start()
+    await until(lambda: server.node.ready, timeout=10)
+    reply = await command(ws, {"type": "subscribe", "channel": "workflow:9", "id": 2})
+    assert reply["type"] == "reply" and reply["data"]["channel"] == "workflow:9"
+    status, _ = await server.publish(http, {"type": "hello", "data": {}, "channel": "workflow:9"})
+    assert status == 200
+    assert (await receive_json(ws))["type"] == "hello"
+    await ws.close()

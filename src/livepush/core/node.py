@@ -264,8 +264,17 @@ class Node:
         for channel in own:  # held from the moment `hub.add` routes them to this session
             session.hold(channel)
         previous = self.hub.add(session)
-        for channel in own:
-            await self.broker.subscribe(channel)
+        try:
+            for channel in own:
+                await self.broker.subscribe(channel)
+        except BaseException:
+            # the engine failed: the connection is refused and leaves nothing behind
+            for channel in self.hub.remove(session):
+                with contextlib.suppress(Exception):
+                    await self.broker.unsubscribe(channel)
+            if previous is not None:
+                self.hub.add(previous)
+            raise
         if previous is not None:
             await self._forget(previous)
             previous.close(
@@ -364,24 +373,44 @@ class Node:
         # its own channels: from `Hub.add`) until the missed ones are out, then de-duplicated
         # by offset: no gap, no duplicate.
         session.hold(channel)
-        if not own:
-            if self.hub.subscribe(session, channel):
-                self.metrics.channels.set(self.hub.channel_count)
-            # every subscriber waits until the broker delivers the channel (the first one's
-            # subscription may still be in flight)
-            await self.broker.subscribe(channel)
-            if self.settings.presence:
-                await self.presence.join(
-                    channel, session.push_ref, _presence_info(session), self.settings.presence_ttl
+        joined = False
+        try:
+            if not own:
+                joined = True
+                if self.hub.subscribe(session, channel):
+                    self.metrics.channels.set(self.hub.channel_count)
+                # every subscriber waits until the broker delivers the channel (the first
+                # one's subscription may still be in flight)
+                await self.broker.subscribe(channel)
+                if self.settings.presence:
+                    await self.presence.join(
+                        channel,
+                        session.push_ref,
+                        _presence_info(session),
+                        self.settings.presence_ttl,
+                    )
+            if since is None:
+                position = await self.broker.position(channel)
+                result = _Joined(channel, position, [], None, position.offset)
+            else:
+                recovery = await self.broker.recover(channel, since, self.settings.recovery_limit)
+                self.metrics.recoveries.labels(
+                    "recovered" if recovery.recovered else "failed"
+                ).inc()
+                after = since.offset if recovery.recovered else recovery.position.offset
+                result = _Joined(
+                    channel, recovery.position, recovery.publications, recovery.recovered, after
                 )
+        except BaseException:
+            # (the engine failed, e.g. Redis is down) leave no half subscription behind
+            session.abandon(channel)
+            if joined and self.hub.unsubscribe(session, channel):
+                self.metrics.channels.set(self.hub.channel_count)
+                with contextlib.suppress(Exception):
+                    await self.broker.unsubscribe(channel)
+            raise
         self.metrics.subscriptions.inc()
-        if since is None:
-            position = await self.broker.position(channel)
-            return _Joined(channel, position, [], None, position.offset)
-        recovery = await self.broker.recover(channel, since, self.settings.recovery_limit)
-        self.metrics.recoveries.labels("recovered" if recovery.recovered else "failed").inc()
-        after = since.offset if recovery.recovered else recovery.position.offset
-        return _Joined(channel, recovery.position, recovery.publications, recovery.recovered, after)
+        return result
 
     async def subscribe(
         self,

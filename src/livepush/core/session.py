@@ -378,6 +378,13 @@ class Session:
             self._recovering = {}
         self._recovering.setdefault(channel, [])
 
+    def abandon(self, channel: str) -> None:
+        """Forget a channel's held publications (its subscription failed)."""
+        if self._recovering is not None:
+            self._recovering.pop(channel, None)
+            if not self._recovering:
+                self._recovering = None
+
     def release(self, channel: str, missed: list[Publication], after_offset: int | None) -> None:
         """Deliver a channel's missed publications, then the held live ones not among them."""
         held: list[Publication] = []

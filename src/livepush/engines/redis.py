@@ -423,6 +423,8 @@ class RedisBroker(Broker):
         after that position is delivered, in order."""
         state = self._channels.get(channel)
         if state is None:
+            if not self._connected.is_set():
+                raise EngineUnavailable("Redis is unreachable; retry once it is back")
             state = self._channels[channel] = _Channel()
             if self._connected.is_set():
                 try:
@@ -441,7 +443,9 @@ class RedisBroker(Broker):
         if state.ready:
             return
         await asyncio.shield(state.confirmed)
-        if state.ready or self._channels.get(channel) is not state:
+        if self._channels.get(channel) is not state:
+            raise EngineUnavailable(f"the subscription to {channel} was dropped; retry")
+        if state.ready:
             return
         position = await self.position(channel)
         if state.ready or self._channels.get(channel) is not state:
@@ -456,7 +460,7 @@ class RedisBroker(Broker):
         if state is None:
             return
         if not state.confirmed.done():
-            state.confirmed.cancel()
+            state.confirmed.set_result(None)  # a waiting subscribe sees the channel is gone
         if self._connected.is_set():
             name = self.keys.pubsub(channel)
             with contextlib.suppress(RedisError, OSError):

@@ -10,7 +10,7 @@ dev: $(NODE_DEPS)
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 
 $(NODE_DEPS): tests/interop/node/package.json tests/interop/node/package-lock.json
-	cd tests/interop/node && npm ci --no-audit --no-fund --loglevel=error
+	cd tests/interop/node && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
 
 lint:
 	$(PYTHON) -m ruff check src tests bench

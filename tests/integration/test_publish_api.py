@@ -147,7 +147,17 @@ async def test_in_process_python_api_publishes(server: RunningServer, http):
     ws = await http.ws_connect(server.push_url("tab1", server.token("alice")))
     await receive_json(ws)
     node = server.node
-    await node.publish_to_push_ref("tab1", "executionStarted", {"executionId": "1"})
+    await node.publish_to_push_ref(
+        "tab1",
+        "executionStarted",
+        {
+            "executionId": "1",
+            "mode": "manual",
+            "startedAt": "2026-11-25T10:00:00.000Z",
+            "workflowId": "42",
+            "flattedRunData": "[{}]",
+        },
+    )
     await node.publish_to_users(["alice"], "workflowUpdated", {"workflowId": "1"})
     placed = await node.broadcast("reloadNodeType", {"name": "n", "version": 1})
     assert placed.position is not None and placed.position.offset == 1

@@ -51,7 +51,12 @@ async def test_node_ws_client_receives_publications_in_order(
         messages = [
             {
                 "type": "nodeExecuteBefore",
-                "data": {"executionId": "1", "nodeName": f"n{i}"},
+                "data": {
+                    "executionId": "1",
+                    "nodeName": f"n{i}",
+                    "sequenceNumber": i,
+                    "data": {"startTime": 1764064800000, "executionIndex": i, "source": [None]},
+                },
                 "channel": "workflow:1",
             }
             for i in range(50)

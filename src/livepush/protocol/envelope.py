@@ -16,6 +16,7 @@ import msgspec
 
 from livepush.protocol.channels import parse_channel
 from livepush.protocol.errors import ErrorCode, ProtocolError
+from livepush.protocol.execution import validate_event
 
 _TYPE = re.compile(r"[A-Za-z][A-Za-z0-9_.:\-]{0,63}")
 
@@ -175,6 +176,7 @@ def new_publication(
     parse_channel(channel)
     validate_type(message_type)
     encoded = compact_raw_object(data) if isinstance(data, bytes) else encode_data(data)
+    validate_event(message_type, encoded)
     if len(encoded) > max_bytes:
         raise ProtocolError(
             ErrorCode.PAYLOAD_TOO_LARGE, f"data is {len(encoded)} bytes; the limit is {max_bytes}"

@@ -1,0 +1,157 @@
+"""n8n's execution push events, typed: the payload shapes of `@n8n/api-types` (push/execution,
+version 1.41.0) and the `n8n-workflow` types they use, checked when such an event is published
+so that what reaches an n8n editor is what it expects (tests/interop type-checks a recorded
+stream against the npm package with the TypeScript compiler).
+
+Only the fields n8n defines are checked; unknown fields are accepted (newer n8n versions add
+some, and clients ignore what they do not know). Optional fields may be absent but not
+`null`, as in TypeScript. Large nested values (a node's output items, error objects) are not
+decoded: they stay raw JSON, so validating a 50 MB output costs one scan, not a tree.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+import msgspec
+from msgspec import UNSET, Raw, UnsetType
+
+from livepush.protocol.errors import ErrorCode, ProtocolError
+
+#: `n8n-workflow` ExecutionStatus.
+ExecutionStatus = Literal[
+    "canceled", "crashed", "error", "new", "running", "success", "unknown", "waiting"
+]
+#: `n8n-workflow` WorkflowExecuteMode.
+WorkflowExecuteMode = Literal[
+    "cli",
+    "error",
+    "integrated",
+    "internal",
+    "manual",
+    "retry",
+    "trigger",
+    "webhook",
+    "evaluation",
+    "chat",
+    "agent",
+]
+WorkflowExecutionSource = Literal["user", "instance_ai"]
+
+
+class _Payload(msgspec.Struct, kw_only=True):
+    pass
+
+
+class SourceData(_Payload, kw_only=True):
+    """`ISourceData`: which node and output fed this node."""
+
+    previousNode: str
+    previousNodeOutput: int | UnsetType = UNSET
+    previousNodeRun: int | UnsetType = UNSET
+
+
+class TaskStartedData(_Payload, kw_only=True):
+    """`ITaskStartedData`."""
+
+    startTime: float
+    executionIndex: int
+    source: list[SourceData | None]
+    hints: list[Raw] | UnsetType = UNSET
+
+
+class TaskDataWithoutData(TaskStartedData, kw_only=True):
+    """`Omit<ITaskData, 'data'>`: a finished node run, without its output items."""
+
+    executionTime: float
+    executionStatus: ExecutionStatus | UnsetType = UNSET
+    inputOverride: Raw | UnsetType = UNSET
+    error: Raw | UnsetType = UNSET
+    redactedError: Raw | UnsetType = UNSET
+    metadata: Raw | UnsetType = UNSET
+    usedDynamicCredentials: bool | UnsetType = UNSET
+    attemptedDynamicCredentials: bool | UnsetType = UNSET
+
+
+class TaskData(TaskDataWithoutData, kw_only=True):
+    """`ITaskData`: a finished node run with its output items (kept raw)."""
+
+    data: Raw | UnsetType = UNSET
+
+
+class ExecutionStarted(_Payload, kw_only=True):
+    executionId: str
+    mode: WorkflowExecuteMode
+    source: WorkflowExecutionSource | UnsetType = UNSET
+    #: A `Date` in n8n's types: an ISO 8601 string on the wire.
+    startedAt: str
+    workflowId: str
+    workflowName: str | UnsetType = UNSET
+    retryOf: str | UnsetType = UNSET
+    flattedRunData: str
+
+
+class ExecutionWaiting(_Payload, kw_only=True):
+    executionId: str
+    source: WorkflowExecutionSource | UnsetType = UNSET
+
+
+class ExecutionFinished(_Payload, kw_only=True):
+    executionId: str
+    workflowId: str
+    status: ExecutionStatus
+    source: WorkflowExecutionSource | UnsetType = UNSET
+
+
+class ExecutionRecovered(_Payload, kw_only=True):
+    executionId: str
+
+
+class NodeExecuteBefore(_Payload, kw_only=True):
+    executionId: str
+    nodeName: str
+    sequenceNumber: int
+    data: TaskStartedData
+
+
+class NodeExecuteAfter(_Payload, kw_only=True):
+    executionId: str
+    nodeName: str
+    sequenceNumber: int
+    data: TaskDataWithoutData
+    itemCountByConnectionType: dict[str, list[int]]
+
+
+class NodeExecuteAfterData(_Payload, kw_only=True):
+    executionId: str
+    nodeName: str
+    data: TaskData
+    itemCountByConnectionType: dict[str, list[int]]
+
+
+#: Event type -> its `data` shape.
+EXECUTION_EVENTS: Final[dict[str, type[_Payload]]] = {
+    "executionStarted": ExecutionStarted,
+    "executionWaiting": ExecutionWaiting,
+    "executionFinished": ExecutionFinished,
+    "executionRecovered": ExecutionRecovered,
+    "nodeExecuteBefore": NodeExecuteBefore,
+    "nodeExecuteAfter": NodeExecuteAfter,
+    "nodeExecuteAfterData": NodeExecuteAfterData,
+}
+
+_DECODERS: Final = {name: msgspec.json.Decoder(shape) for name, shape in EXECUTION_EVENTS.items()}
+
+
+def validate_event(message_type: str, data: bytes) -> None:
+    """Raise `invalid_message` when an execution event's `data` does not have n8n's shape
+    (types other than the execution events pass unchecked)."""
+    decoder = _DECODERS.get(message_type)
+    if decoder is None:
+        return
+    try:
+        decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise ProtocolError(
+            ErrorCode.INVALID_MESSAGE, f"{message_type} does not have n8n's shape: {exc}"
+        ) from exc

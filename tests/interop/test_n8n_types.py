@@ -1,0 +1,103 @@
+"""What livepush sends an n8n editor type-checks against n8n's own push types: a stream of
+every execution event is recorded from a real server and compiled with TypeScript against the
+npm package `@n8n/api-types` (JSON on the wire: its `Date` fields are ISO strings)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import RunningServer, require
+from tests.integration.helpers import receive_json
+from tests.protocol.test_execution import SAMPLES
+
+NODE_DIR = Path(__file__).parent / "node"
+TSC = NODE_DIR / "node_modules" / ".bin" / "tsc"
+
+HEADER = """import type { PushMessage } from '@n8n/api-types';
+
+type Jsonify<T> = T extends Date
+  ? string
+  : T extends (infer U)[]
+    ? Jsonify<U>[]
+    : T extends object
+      ? { [K in keyof T]: Jsonify<T[K]> }
+      : T;
+/** A push message as JSON, plus livepush's own top-level fields (n8n clients ignore them). */
+type Wire = Jsonify<PushMessage> & { channel?: string; offset?: number; epoch?: string };
+
+export const recorded = """
+
+
+@pytest.fixture
+def tsc() -> Path:
+    require("node")
+    if not TSC.is_file() or not (NODE_DIR / "node_modules" / "@n8n" / "api-types").is_dir():
+        message = f"npm packages missing: run `npm ci --ignore-scripts` in {NODE_DIR}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return TSC
+
+
+async def _type_check(tsc: Path, frames: list[dict[str, Any]]) -> tuple[int, str]:
+    source = HEADER + json.dumps(frames, indent=1) + " as const satisfies readonly Wire[];\n"
+    with tempfile.NamedTemporaryFile("w", suffix=".ts", dir=NODE_DIR, delete=False) as file:
+        file.write(source)
+    try:
+        process = await asyncio.create_subprocess_exec(
+            str(tsc),
+            "--noEmit",
+            "--strict",
+            "--skipLibCheck",
+            "--module",
+            "esnext",
+            "--moduleResolution",
+            "bundler",
+            "--target",
+            "es2022",
+            file.name,
+            cwd=NODE_DIR,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        output, _ = await asyncio.wait_for(process.communicate(), 120)
+        return int(process.returncode or 0), output.decode()
+    finally:
+        os.unlink(file.name)
+
+
+async def test_recorded_execution_stream_type_checks_against_n8n(
+    server: RunningServer, http: aiohttp.ClientSession, tsc: Path
+) -> None:
+    ws = await http.ws_connect(
+        server.push_url("editor", server.token(executions=["1"]), channels="execution:1")
+    )
+    assert (await receive_json(ws))["type"] == "connected"
+    body = {
+        "messages": [
+            {"type": event, "data": data, "channel": "execution:1"}
+            for event, data in SAMPLES.items()
+        ]
+    }
+    status, reply = await server.publish(http, body)
+    assert status == 200, reply
+    frames = [await receive_json(ws) for _ in SAMPLES]
+    await ws.close()
+    assert [f["type"] for f in frames] == list(SAMPLES)
+
+    returncode, output = await _type_check(tsc, frames)
+    assert returncode == 0, output
+
+    # the check can fail: one wrong value in the same stream is a compile error
+    broken = json.loads(json.dumps(frames))
+    broken[-2]["data"]["status"] = "done"
+    returncode, output = await _type_check(tsc, broken)
+    assert returncode != 0 and "done" in output

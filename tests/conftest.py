@@ -7,7 +7,8 @@ import shutil
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 from urllib.parse import urlencode
 
 import aiohttp
@@ -23,15 +24,32 @@ SECRET = "test-secret-0123456789abcdef0123456789abcdef"
 API_KEY = "test-api-key-0123456789"
 
 
+def missing(message: str) -> NoReturn:
+    """Something a test needs is not there: skip, but fail in CI (CI=true), which must
+    provide it."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{message} (CI must provide it)")
+    pytest.skip(message)
+
+
 def require(tool: str) -> str:
-    """Path of an external tool a test needs; skip without it, but fail in CI (CI=true)."""
+    """Path of an external tool a test needs (see `missing`)."""
     path = shutil.which(tool)
     if path is None:
-        message = f"{tool} is not installed"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{message} (CI must install it)")
-        pytest.skip(message)
+        missing(f"{tool} is not installed")
     return path
+
+
+NODE_DIR = Path(__file__).parent / "interop" / "node"
+
+
+def require_npm(*packages: str) -> Path:
+    """Node and the npm packages of tests/interop/node; returns that directory."""
+    require("node")
+    for package in packages:
+        if not (NODE_DIR / "node_modules" / package).is_dir():
+            missing(f"npm package {package} missing: run `make dev` (npm ci in {NODE_DIR})")
+    return NODE_DIR
 
 
 def redis_url() -> str:
@@ -47,10 +65,7 @@ def redis_url() -> str:
     except OSError:
         answered = False
     if not answered:
-        message = f"no Redis at {url} (start one: redis-server --daemonize yes --port 6379)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{message}; CI must start it")
-        pytest.skip(message)
+        missing(f"no Redis at {url} (start one: redis-server --daemonize yes --port 6379)")
     return url
 
 

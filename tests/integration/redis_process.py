@@ -39,16 +39,7 @@ class RedisProcess:
             "no",
             stdout=asyncio.subprocess.DEVNULL,
         )
-        client = aioredis.Redis.from_url(self.url)
-        try:
-            async with asyncio.timeout(10):
-                while True:
-                    with contextlib.suppress(OSError, aioredis.ConnectionError):
-                        if await client.ping():
-                            return
-                    await asyncio.sleep(0.05)
-        finally:
-            await client.aclose()
+        await _wait_ping(self.url)
 
     async def kill(self) -> None:
         if self.process is not None and self.process.returncode is None:
@@ -141,6 +132,7 @@ class RedisClusterProcesses:
 
 
 async def _wait_ping(url: str) -> None:
+    """Until the Redis at `url` answers PING (10 s at most)."""
     client = aioredis.Redis.from_url(url)
     try:
         async with asyncio.timeout(10):

@@ -14,11 +14,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import RunningServer, require
+from tests.conftest import NODE_DIR, RunningServer, require_npm
 from tests.integration.helpers import receive_json
 from tests.protocol.test_execution import SAMPLES
 
-NODE_DIR = Path(__file__).parent / "node"
 TSC = NODE_DIR / "node_modules" / ".bin" / "tsc"
 
 HEADER = """import type { PushMessage } from '@n8n/api-types';
@@ -38,12 +37,7 @@ export const recorded = """
 
 @pytest.fixture
 def tsc() -> Path:
-    require("node")
-    if not TSC.is_file() or not (NODE_DIR / "node_modules" / "@n8n" / "api-types").is_dir():
-        message = f"npm packages missing: run `npm ci --ignore-scripts` in {NODE_DIR}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    require_npm("typescript", "@n8n/api-types")
     return TSC
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import uuid
 from importlib import resources
 from pathlib import Path
@@ -13,21 +12,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import RunningServer, ServerFactory, redis_url, require
+from tests.conftest import RunningServer, ServerFactory, redis_url, require_npm
 from tests.integration.helpers import receive_json
-
-NODE_DIR = Path(__file__).parent / "node"
 
 
 @pytest.fixture
 def publisher_script() -> Path:
-    require("node")
-    if not (NODE_DIR / "node_modules" / "ioredis").is_dir():
-        message = f"npm packages missing: run `npm ci` in {NODE_DIR}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return NODE_DIR / "redis-publisher.mjs"
+    return require_npm("ioredis") / "redis-publisher.mjs"
 
 
 async def test_node_worker_publishes_through_redis(

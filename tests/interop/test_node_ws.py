@@ -4,26 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from tests.conftest import RunningServer, require
-
-NODE_DIR = Path(__file__).parent / "node"
+from tests.conftest import RunningServer, require_npm
 
 
 @pytest.fixture
 def node_ws() -> Path:
-    require("node")
-    if not (NODE_DIR / "node_modules" / "ws").is_dir():
-        message = f"npm packages missing: run `npm ci` in {NODE_DIR}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return NODE_DIR / "ws-client.mjs"
+    return require_npm("ws") / "ws-client.mjs"
 
 
 async def test_node_ws_client_receives_publications_in_order(

@@ -54,7 +54,6 @@ _PING_FRAME = b"\x89\x00"  # FIN + ping, empty payload
 #: How long a server-initiated close waits for the client's close frame; also how long a
 #: client that stopped reading gets to take its close frame before the socket is reset.
 CLOSE_TIMEOUT = 5.0
-SLOW_CLOSE_GRACE = CLOSE_TIMEOUT
 #: Reading from a client pauses while this many of its messages wait to be handled, and
 #: resumes when they are down to `_INBOX_RESUME`.
 _INBOX_PAUSE = 64
@@ -267,7 +266,7 @@ class WebSocketConnection(asyncio.Protocol):
         self._state = _CLOSED
         socket.write(close_frame(int(code), reason))
         socket.close()
-        asyncio.get_running_loop().call_later(SLOW_CLOSE_GRACE, socket.abort)
+        asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, socket.abort)
 
     # -- asyncio protocol --------------------------------------------------------------------
 

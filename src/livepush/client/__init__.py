@@ -1,6 +1,7 @@
 """An asyncio client for livepush: WebSocket or SSE, automatic reconnection with jittered
 backoff across several URLs, exact resume of every channel (each publication delivered once,
-in order), a bounded queue of commands while disconnected.
+in order), a bounded queue of commands while disconnected, transparent reassembly of large
+node outputs sent in chunks, execution snapshots.
 
 Usage and guarantees: docs/client.md.
 """
@@ -24,13 +25,23 @@ from livepush.client.errors import (
     ConnectionFailed,
     ConnectionLost,
     ConnectionRefused,
+    OutputFetchError,
     QueueFull,
+)
+from livepush.client.outputs import (
+    DEFAULT_MAX_OUTPUT_BYTES,
+    OUTPUT_DATA_TYPE,
+    OUTPUT_ERROR_TYPE,
+    OutputAssembler,
 )
 from livepush.client.positions import Position, format_positions, parse_positions
 from livepush.client.sse import SseEvent, SseParser
 
 __all__ = [
     "DEFAULT_IDEMPOTENT",
+    "DEFAULT_MAX_OUTPUT_BYTES",
+    "OUTPUT_DATA_TYPE",
+    "OUTPUT_ERROR_TYPE",
     "Backoff",
     "Client",
     "ClientClosed",
@@ -43,6 +54,8 @@ __all__ = [
     "ConnectionRefused",
     "ConnectionState",
     "Message",
+    "OutputAssembler",
+    "OutputFetchError",
     "Position",
     "QueueFull",
     "SseEvent",

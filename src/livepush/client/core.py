@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from types import TracebackType
 from typing import Any, Final, Literal, TypeAlias
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -36,7 +37,17 @@ from livepush.client.errors import (
     ConnectionFailed,
     ConnectionLost,
     ConnectionRefused,
+    OutputFetchError,
     QueueFull,
+)
+from livepush.client.outputs import (
+    DEFAULT_MAX_OUTPUT_BYTES,
+    OUTPUT_ABANDONED,
+    OUTPUT_DATA_TYPE,
+    OUTPUT_ERROR_TYPE,
+    Assembly,
+    OutputAssembler,
+    is_chunked_marker,
 )
 from livepush.client.positions import (
     ChannelTracker,
@@ -52,8 +63,10 @@ from livepush.client.transports import (
     Frame,
     HandshakeFailed,
     PostFailed,
+    RequestFailed,
     SseConnection,
     TransportName,
+    http_base,
     push_url,
 )
 
@@ -64,14 +77,25 @@ TokenSource: TypeAlias = str | Callable[[], str | Awaitable[str]]
 TransportMode: TypeAlias = Literal["auto", "websocket", "sse"]
 
 #: Commands that are safe to send twice: re-sent after a reconnect if their reply was lost.
-DEFAULT_IDEMPOTENT: Final = frozenset({"subscribe", "unsubscribe", "ping", "presence"})
+DEFAULT_IDEMPOTENT: Final = frozenset(
+    {"subscribe", "unsubscribe", "ping", "presence", "executionSnapshot"}
+)
 #: Close codes after which the client does not reconnect.
 NO_RECONNECT_CODES: Final = frozenset({4003, 4009})
 #: HTTP statuses of a refused handshake that retrying cannot fix.
 PERMANENT_STATUSES: Final = frozenset({400, 401, 403, 409})
 #: Message types the server sends (never publications).
 SERVER_TYPES: Final = frozenset(
-    {"reply", "error", "connected", "unsubscribed", "disconnect", "tokenExpiring", "channelReset"}
+    {
+        "reply",
+        "error",
+        "connected",
+        "unsubscribed",
+        "disconnect",
+        "tokenExpiring",
+        "channelReset",
+        "executionOutputChunk",
+    }
 )
 _RATE_LIMITED_CLOSE: Final = 4029
 #: Listener events waiting: the reader pauses at the high mark until the low one.
@@ -161,6 +185,10 @@ class ClientStats:
     recovery_failures: int
     #: Commands sent again after a reconnect (idempotent, reply lost with the connection).
     commands_resent: int
+    #: Chunked outputs reassembled and delivered as `nodeExecuteAfterData`.
+    outputs_reassembled: int = 0
+    #: `executionOutputError` events emitted (outputs refused, corrupt or abandoned).
+    output_errors: int = 0
 
 
 MessageCallback: TypeAlias = Callable[[Message], Any]
@@ -244,6 +272,7 @@ class Client:
         headers: Mapping[str, str] | None = None,
         ssl: ssl_module.SSLContext | bool = True,
         max_message_size: int = 64 * 1024 * 1024,
+        max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
         rng: random.Random | None = None,
     ) -> None:
         """Configure the client; nothing happens until `connect()`.
@@ -274,6 +303,8 @@ class Client:
             headers: extra HTTP headers for every request (e.g. `Origin`, `Cookie`).
             ssl: an `ssl.SSLContext`, or False to skip certificate checks (tests only).
             max_message_size: largest WebSocket message accepted.
+            max_output_bytes: largest chunked output (the marker's `bytes`) reassembled;
+                a larger one is refused with an `executionOutputError` event.
             rng: random generator of the backoff jitter (tests pass a seeded one).
         """
         url_list = [urls] if isinstance(urls, str) else list(urls)
@@ -286,7 +317,10 @@ class Client:
         if max_attempts is not None and max_attempts < 1:
             raise ValueError("max_attempts must be >= 1 or None")
         self._push_urls = [push_url(url, rest_prefix) for url in url_list]
+        bases = zip(self._push_urls, url_list, strict=True)
+        self._bases = {push: http_base(url) for push, url in bases}
         self._token_source = token
+        self._token: str | None = None
         self._push_ref = push_ref or random_push_ref()
         self._mode: TransportMode = transport
         self._chosen: dict[str, TransportName] = {}
@@ -314,6 +348,11 @@ class Client:
         for channel in channels:
             self._subscribed[channel] = None
             self._tracker.track(channel)
+        #: Channels the server subscribed the connection to (`executionStream`).
+        self._followed: dict[str, None] = {}
+        self._outputs: OutputAssembler[Callable[[], None]] = OutputAssembler(max_output_bytes)
+        self._released: deque[Callable[[], None] | Assembly] = deque()
+        self._releasing = False
         self._own: tuple[str, ...] = ()
         self._user_id: str | None = None
         self._connection: Connection | None = None
@@ -338,6 +377,8 @@ class Client:
         self._recovery_failures = 0
         self._recovered = 0
         self._resent = 0
+        self._outputs_reassembled = 0
+        self._output_errors = 0
 
     # -- properties ------------------------------------------------------------------------
 
@@ -373,9 +414,16 @@ class Client:
         return list(self._subscribed)
 
     @property
+    def followed(self) -> list[str]:
+        """The channels the server subscribed the connection to by itself (`execution:`
+        channels announced by `executionStream`), until their `unsubscribed`."""
+        return list(self._followed)
+
+    @property
     def positions(self) -> dict[str, Position]:
-        """The last delivered position of every channel (what a reconnect resumes from)."""
-        return self._tracker.known(self._resumable())
+        """The position of every channel a reconnect resumes from: the last delivered
+        publication, or just before an output still being reassembled."""
+        return self._resume_positions()
 
     @property
     def sse_retry_ms(self) -> int | None:
@@ -394,6 +442,8 @@ class Client:
             recovered=self._recovered,
             recovery_failures=self._recovery_failures,
             commands_resent=self._resent,
+            outputs_reassembled=self._outputs_reassembled,
+            output_errors=self._output_errors,
         )
 
     @property
@@ -519,7 +569,7 @@ class Client:
         try:
             return await self.command("subscribe", channel=channel)
         except BaseException:
-            if channel not in self._subscribed and channel not in self._own:
+            if not self._kept(channel):
                 self._tracker.forget(channel)
             raise
 
@@ -531,6 +581,73 @@ class Client:
     async def ping(self) -> None:
         """A round trip to the server."""
         await self.command("ping")
+
+    async def execution_snapshot(self, execution_id: str) -> dict[str, Any]:
+        """Catch up with an execution: send `executionSnapshot` and return the reply data
+        (`executionId`, `channel`, `epoch`, `offset`, `snapshot`: the execution's state after
+        the event at `offset`).
+
+        The connection is then subscribed to the execution's channel (`execution:<id>`): the
+        client tracks it from `(epoch, offset)`, drops any publication of it at or before
+        `offset` arriving afterwards (it is in the snapshot), and resumes it on reconnect like
+        any subscription. Raises `CommandError` (`execution_not_found`, `forbidden`, ...)."""
+        channel = f"execution:{execution_id}"
+        self._tracker.track(channel)
+        try:
+            return await self.command("executionSnapshot", executionId=execution_id)
+        except BaseException:
+            if not self._kept(channel):
+                self._tracker.forget(channel)
+            raise
+
+    async def fetch_output(self, output: Message | Mapping[str, Any] | str) -> Any:
+        """Download a node output stored on the server and return its decoded JSON.
+
+        `output` is an `executionOutput` message (`delivery: "reference"`, or any marker),
+        an `executionOutputError` event, its `data`, or the `url` itself. A relative url is
+        taken relative to the base URL of the server the client is connected to (or will
+        connect to next); an absolute one must be on one of the client's servers (the token
+        is sent along). The request carries `Authorization: Bearer <the current token>` and
+        the client's extra headers.
+
+        Raises `OutputFetchError` with the HTTP `status` and the server's error `code`
+        (`output_not_found` once expired, `forbidden`, ...), or `status` None when the
+        request failed on the network. Connecting may take `connect_timeout`; the transfer
+        itself is not bounded (an output may be large): wrap the call in `asyncio.timeout`
+        to bound it. `ValueError` if there is no url, or it is on another server."""
+        url = self._output_url(output)
+        token = self._token if self._token is not None else await self._token_value()
+        try:
+            return await self._dialer.get_json(url, token, self._connect_timeout)
+        except RequestFailed as exc:
+            raise OutputFetchError(str(exc), status=exc.status, code=exc.code, url=url) from exc
+
+    def _output_url(self, output: Message | Mapping[str, Any] | str) -> str:
+        if isinstance(output, Message):
+            output = output.data if isinstance(output.data, Mapping) else {}
+        if isinstance(output, Mapping):
+            if not isinstance(output.get("url"), str) and isinstance(output.get("data"), Mapping):
+                output = output["data"]  # a raw message
+            url = output.get("url") if isinstance(output, Mapping) else None
+            if not isinstance(url, str):
+                nested = output.get("output") if isinstance(output, Mapping) else None
+                url = nested.get("url") if isinstance(nested, Mapping) else None
+            if not isinstance(url, str):
+                raise ValueError("no output url in the given message")
+            output = url
+        connection = self._connection
+        push = connection.url if connection is not None else self.url
+        base = self._bases.get(push, next(iter(self._bases.values())))
+        parts = urlsplit(output)
+        if parts.scheme or parts.netloc:
+            absolute = output if parts.scheme else f"{urlsplit(base).scheme}:{output}"
+            origin = _origin(absolute)
+            if origin not in {_origin(b) for b in self._bases.values()}:
+                raise ValueError(
+                    f"refusing to send the token to {output}: not one of the client's servers"
+                )
+            return absolute
+        return f"{base}{output}" if output.startswith("/") else f"{base}/{output}"
 
     async def command(self, command_type: str, /, **fields: Any) -> dict[str, Any]:
         """Send a command with a fresh `id` and return its reply's `data`.
@@ -756,38 +873,53 @@ class Client:
 
     def _handshake_params(self) -> dict[str, str]:
         params = {"pushRef": self._push_ref}
-        if self._subscribed:
-            params["channels"] = ",".join(self._subscribed)
-        positions = self._tracker.known(self._resumable())
+        channels = [*self._subscribed, *(c for c in self._followed if c not in self._subscribed)]
+        if channels:
+            params["channels"] = ",".join(channels)
+        positions = self._resume_positions()
         if positions:
             params["lastEventId"] = format_positions(positions)
         return params
 
     def _resumable(self) -> list[str]:
-        return [*self._own, *(c for c in self._subscribed if c not in self._own)]
+        explicit = [c for c in self._subscribed if c not in self._own]
+        followed = [c for c in self._followed if c not in self._own and c not in self._subscribed]
+        return [*self._own, *explicit, *followed]
+
+    def _resume_positions(self) -> dict[str, Position]:
+        """Resume positions: the tracked ones, but never past an output still being
+        reassembled (a reconnect must get its marker and chunks again)."""
+        positions = self._tracker.known(self._resumable())
+        for channel, pin in self._outputs.pins().items():
+            if channel in positions:
+                positions[channel] = pin
+        return positions
 
     async def _open(self, url: str) -> Connection:
         """One attempt: WebSocket or SSE as configured (auto: WebSocket, then SSE for a URL
         whose WebSocket handshake is refused and that never had a WebSocket)."""
         async with asyncio.timeout(self._connect_timeout):
             token = await self._token_value()
-            params = self._handshake_params()
-            mode = self._mode if self._mode != "auto" else self._chosen.get(url, "websocket")
-            if mode == "sse":
-                connection: Connection = await self._dialer.open_sse(url, params, token)
-                return connection
-            try:
-                connection = await self._dialer.open_websocket(url, params, token)
-            except HandshakeFailed as exc:
-                if self._mode != "auto" or url in self._websocket_worked:
-                    raise
-                log.info("livepush: WebSocket refused by %s (%s); trying SSE", url, exc)
-                connection = await self._dialer.open_sse(url, params, token)
-                self._chosen[url] = "sse"
-                return connection
-            self._websocket_worked.add(url)
-            self._chosen[url] = "websocket"
+            self._token = token
+            return await self._dial(url, self._handshake_params(), token)
+
+    async def _dial(self, url: str, params: dict[str, str], token: str) -> Connection:
+        mode = self._mode if self._mode != "auto" else self._chosen.get(url, "websocket")
+        if mode == "sse":
+            connection: Connection = await self._dialer.open_sse(url, params, token)
             return connection
+        try:
+            connection = await self._dialer.open_websocket(url, params, token)
+        except HandshakeFailed as exc:
+            if self._mode != "auto" or url in self._websocket_worked:
+                raise
+            log.info("livepush: WebSocket refused by %s (%s); trying SSE", url, exc)
+            connection = await self._dialer.open_sse(url, params, token)
+            self._chosen[url] = "sse"
+            return connection
+        self._websocket_worked.add(url)
+        self._chosen[url] = "websocket"
+        return connection
 
     async def _serve(self, connection: Connection) -> _Ended:
         """Run one connection until it ends."""
@@ -820,6 +952,7 @@ class Client:
         finally:
             self._connection = None
             self._connected_event.clear()
+            self._discard_outputs()
             if sender is not None:
                 sender.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -918,7 +1051,7 @@ class Client:
             if not isinstance(entry, dict) or not isinstance(entry.get("channel"), str):
                 continue
             channel = entry["channel"]
-            if channel not in self._own:
+            if channel not in self._own and channel not in self._followed:
                 self._subscribed[channel] = None
             self._tracker.track(channel)
             position = _position_of(entry)
@@ -943,6 +1076,7 @@ class Client:
                     entry.get("message"),
                 )
                 self._subscribed.pop(channel, None)
+                self._followed.pop(channel, None)
                 self._tracker.forget(channel)
         self._connections += 1
         self._failures = 0
@@ -986,18 +1120,30 @@ class Client:
             self._on_publication(message)
             return
         data = message.get("data")
+        if message_type == "executionOutputChunk":
+            chunk = data if isinstance(data, dict) else message
+            self._release(self._outputs.feed(chunk))
+            return  # pieces are not messages: the reassembled output is
         if message_type == "channelReset" and isinstance(data, dict):
             channel = data.get("channel")
             position = _position_of(data)
             if isinstance(channel, str) and position is not None:
+                self._abandon_outputs(channel, "the server reset the channel (channelReset)")
                 if channel in self._tracker:
                     self._tracker.set(channel, position)
                 self._recovery_failed(channel, position)
         elif message_type == "unsubscribed" and isinstance(data, dict):
             channel = data.get("channel")
             if isinstance(channel, str):
-                self._subscribed.pop(channel, None)
-                self._tracker.forget(channel)
+                event = _message(message)
+
+                def end(channel: str = channel) -> None:
+                    self._forget_channel(channel)
+                    self._emit_message(event)
+
+                # after what the channel still holds (an output being reassembled)
+                self._in_channel(channel, end)
+                return
         elif message_type == "tokenExpiring":
             self._maybe_refresh()
         elif message_type == "connected":
@@ -1008,14 +1154,118 @@ class Client:
         channel: str = message["channel"]
         offset = message.get("offset")
         epoch = message.get("epoch")
-        if isinstance(offset, int) and isinstance(epoch, str) and channel in self._tracker:
-            verdict = self._tracker.check(channel, epoch, offset)
-            if verdict is Verdict.DUPLICATE:
-                return
-            if verdict is Verdict.DISCONTINUITY:
-                self._recovery_failed(channel, Position(epoch, offset - 1))
-        self._delivered += 1
-        self._emit_message(_message(message))
+        if isinstance(offset, int) and isinstance(epoch, str):
+            if channel in self._tracker:
+                verdict = self._tracker.check(channel, epoch, offset)
+                if verdict is Verdict.DUPLICATE:
+                    return
+                if verdict is Verdict.DISCONTINUITY:
+                    lost = Position(epoch, offset - 1)
+                    self._in_channel(channel, lambda: self._recovery_failed(channel, lost))
+            elif self._outputs.is_open(channel, offset):
+                return  # an untracked channel's marker again: already being assembled
+        if message.get("type") == "executionStream":
+            self._follow(message.get("data"))
+        if isinstance(offset, int) and is_chunked_marker(message):
+            refused = self._outputs.begin(channel, offset, epoch, message)
+            if refused is not None:
+                failed = self._output_error(message, *refused)
+                self._in_channel(channel, lambda: self._deliver(failed))
+            return
+        event = _message(message)
+        self._in_channel(channel, lambda: self._deliver(event))
+
+    def _deliver(self, message: Message) -> None:
+        if message.type == OUTPUT_ERROR_TYPE:
+            self._output_errors += 1
+            log.warning("livepush: %s", message.data.get("message"))
+        else:
+            self._delivered += 1
+        self._emit_message(message)
+
+    def _in_channel(self, channel: str, action: Callable[[], None]) -> None:
+        """Run `action` now, or after the channel's outputs being reassembled."""
+        if self._outputs.holding(channel):
+            self._outputs.hold(channel, action)
+        else:
+            action()
+
+    def _release(self, items: Iterable[Callable[[], None] | Assembly]) -> None:
+        """Run, in order, what stopped waiting (finished outputs and held actions); an
+        action may release more (it is queued behind, so the order holds)."""
+        self._released.extend(items)
+        if self._releasing:
+            return
+        self._releasing = True
+        try:
+            while self._released:
+                item = self._released.popleft()
+                if isinstance(item, Assembly):
+                    self._finish_output(item)
+                else:
+                    item()
+        finally:
+            self._releasing = False
+
+    def _finish_output(self, assembly: Assembly) -> None:
+        if assembly.error is not None:
+            self._deliver(self._output_error(assembly.marker, *assembly.error))
+            return
+        self._outputs_reassembled += 1
+        marker = assembly.marker
+        raw = {
+            "type": OUTPUT_DATA_TYPE,
+            "data": assembly.data,
+            "channel": assembly.channel,
+            "offset": assembly.offset,
+            "epoch": assembly.epoch,
+            "marker": marker,
+        }
+        self._deliver(_message(raw))
+
+    def _output_error(self, marker: Mapping[str, Any], code: str, text: str) -> Message:
+        """The event that takes the place of an output that cannot be delivered."""
+        output = marker.get("data")
+        output = output if isinstance(output, Mapping) else {}
+        data: dict[str, Any] = {"code": code, "message": text, "output": dict(output)}
+        if isinstance(output.get("url"), str):
+            data["url"] = output["url"]
+        raw = {
+            "type": OUTPUT_ERROR_TYPE,
+            "data": data,
+            "channel": marker.get("channel"),
+            "offset": marker.get("offset"),
+            "epoch": marker.get("epoch"),
+            "marker": marker,
+        }
+        return _message(raw)
+
+    def _abandon_outputs(self, channel: str, why: str) -> None:
+        self._release(
+            self._outputs.abandon(channel, OUTPUT_ABANDONED, f"{channel}: output abandoned: {why}")
+        )
+
+    def _discard_outputs(self) -> None:
+        """The connection ended: half-assembled outputs and what waited behind them are
+        dropped, and their channels resume just before the marker (the server sends the
+        marker, its chunks and the rest again)."""
+        for channel, pin in self._outputs.discard().items():
+            if channel in self._tracker:
+                self._tracker.set(channel, pin)
+
+    def _follow(self, data: Any) -> None:
+        """`executionStream`: the server subscribed this connection to the execution's
+        channel, from its first event; track it and resume it like a subscription."""
+        if not isinstance(data, dict):
+            return
+        channel, epoch = data.get("channel"), data.get("epoch")
+        if not isinstance(channel, str) or channel in self._own:
+            return
+        if channel not in self._subscribed:
+            self._followed[channel] = None
+        self._tracker.track(channel)
+        if isinstance(epoch, str):
+            self._tracker.advance(channel, Position(epoch, 0))
 
     def _on_answer(self, kind: str, request_id: Any, data: Any) -> None:
         item = self._inflight.pop(request_id, None) if isinstance(request_id, int) else None
@@ -1050,29 +1300,45 @@ class Client:
                 self._recovery_failed(channel, position)
             elif data.get("recovered") is not True:
                 self._tracker.advance(channel, position)
+        elif item.type == "executionSnapshot":
+            channel = data.get("channel")
+            if not isinstance(channel, str):
+                return
+            if channel not in self._own:
+                self._subscribed[channel] = None
+                self._followed.pop(channel, None)
+            self._tracker.track(channel)
+            position = _position_of(data)
+            if position is not None:
+                # later publications at or before the snapshot's offset are in it: dropped
+                self._tracker.advance(channel, position)
         elif item.type == "unsubscribe":
             self._forget_channel(str(body.get("channel")))
         elif item.type == "workflowClosed":
             self._forget_channel(f"workflow:{body.get('workflowId')}")
-        elif (
-            item.type == "refresh"
-            and isinstance(body.get("token"), str)
-            and isinstance(self._connection, SseConnection)
-        ):
-            self._connection.token = body["token"]
+        elif item.type == "refresh" and isinstance(body.get("token"), str):
+            self._token = body["token"]
+            if isinstance(self._connection, SseConnection):
+                self._connection.token = body["token"]
 
     def _apply_error(self, item: _Outgoing, code: str) -> None:
         if item.type == "unsubscribe" and code == "not_subscribed":
             self._forget_channel(str(item.body.get("channel")))
         elif item.type == "subscribe":
             channel = str(item.body.get("channel"))
-            if channel not in self._subscribed and channel not in self._own:
+            if not self._kept(channel):
                 self._tracker.forget(channel)
+
+    def _kept(self, channel: str) -> bool:
+        """Whether the connection is in the channel (own, subscribed or followed)."""
+        return channel in self._subscribed or channel in self._followed or channel in self._own
 
     def _forget_channel(self, channel: str) -> None:
         self._subscribed.pop(channel, None)
+        self._followed.pop(channel, None)
         if channel not in self._own:
             self._tracker.forget(channel)
+            self._abandon_outputs(channel, "unsubscribed")
 
     def _maybe_refresh(self) -> None:
         if not self._auto_refresh or isinstance(self._token_source, str):
@@ -1180,6 +1446,13 @@ def _add(listeners: list[Any], callback: Any) -> Unsubscribe:
             listeners.remove(callback)
 
     return remove
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    return (scheme, (parts.hostname or "").lower(), port)
 
 
 def _position_of(data: Mapping[str, Any]) -> Position | None:

@@ -67,3 +67,17 @@ class QueueFull(ClientError):
 class ConnectionLost(ClientError):
     """The connection dropped while a non-idempotent command was in flight: the server may or
     may not have executed it, so the client does not send it again."""
+
+
+class OutputFetchError(ClientError):
+    """`fetch_output()` failed: the server refused (`status`, and `code` from its JSON error
+    body: `output_not_found`, `forbidden`, `token_expired`, ...), the answer was not JSON
+    (`code` `invalid_json`), or the request failed on the network (`status` None)."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, code: str | None = None, url: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.url = url

@@ -90,14 +90,32 @@ def _error_fields(body: bytes) -> tuple[str | None, str]:
     return None, "no livepush error body"
 
 
-def push_url(base: str, rest_prefix: str) -> str:
-    """`{base}{rest_prefix}/push` over http(s) (ws:// and wss:// bases are accepted)."""
+def http_base(base: str) -> str:
+    """A server's base URL over http(s), without a trailing slash (ws:// and wss:// bases
+    are accepted)."""
     if base.startswith("ws://"):
         base = "http://" + base[5:]
     elif base.startswith("wss://"):
         base = "https://" + base[6:]
+    return base.rstrip("/")
+
+
+def push_url(base: str, rest_prefix: str) -> str:
+    """`{base}{rest_prefix}/push` over http(s) (ws:// and wss:// bases are accepted)."""
     prefix = "/" + rest_prefix.strip("/") if rest_prefix.strip("/") else ""
-    return f"{base.rstrip('/')}{prefix}/push"
+    return f"{http_base(base)}{prefix}/push"
+
+
+class RequestFailed(Exception):
+    """A plain HTTP request (not the push connection) failed: an error status (`code` and
+    `message` from livepush's JSON error body), an answer that is not JSON, or the network
+    (`status` None)."""
+
+    def __init__(self, status: int | None, code: str | None, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
 
 
 class Connection(ABC):
@@ -268,6 +286,28 @@ class Dialer:
         if not isinstance(replies, list):
             raise PostFailed(200, None, "the POST answer is not a JSON array")
         return [reply for reply in replies if isinstance(reply, dict)]
+
+    async def get_json(self, url: str, token: str, connect_seconds: float | None) -> Any:
+        """GET a JSON document with the token (and the extra headers); raises
+        `RequestFailed`. Only connecting is bounded (`connect_seconds`)."""
+        try:
+            async with self.session.get(
+                url,
+                headers={**self._auth_headers(token), "Accept": "application/json"},
+                ssl=self._ssl,
+                timeout=aiohttp.ClientTimeout(total=None, connect=connect_seconds),
+            ) as response:
+                body = await response.read()
+                status = response.status
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise RequestFailed(None, None, f"GET {url} failed: {exc!r}") from exc
+        if status != 200:
+            code, message = _error_fields(body)
+            raise RequestFailed(status, code, f"GET {url}: HTTP {status} ({code}: {message})")
+        try:
+            return _decode(body)
+        except msgspec.DecodeError as exc:
+            raise RequestFailed(status, "invalid_json", f"GET {url}: not JSON: {exc}") from exc
 
 
 class WebSocketConnection(Connection):

@@ -1170,17 +1170,18 @@ class Client:
             refused = self._outputs.begin(channel, offset, epoch, message)
             if refused is not None:
                 failed = self._output_error(message, *refused)
-                self._in_channel(channel, lambda: self._deliver(failed))
+                self._in_channel(channel, lambda: self._deliver_output_error(failed))
             return
         event = _message(message)
         self._in_channel(channel, lambda: self._deliver(event))
 
     def _deliver(self, message: Message) -> None:
-        if message.type == OUTPUT_ERROR_TYPE:
-            self._output_errors += 1
-            log.warning("livepush: %s", message.data.get("message"))
-        else:
-            self._delivered += 1
+        self._delivered += 1
+        self._emit_message(message)
+
+    def _deliver_output_error(self, message: Message) -> None:
+        self._output_errors += 1
+        log.warning("livepush: %s: %s", message.data["code"], message.data["message"])
         self._emit_message(message)
 
     def _in_channel(self, channel: str, action: Callable[[], None]) -> None:
@@ -1209,7 +1210,7 @@ class Client:
 
     def _finish_output(self, assembly: Assembly) -> None:
         if assembly.error is not None:
-            self._deliver(self._output_error(assembly.marker, *assembly.error))
+            self._deliver_output_error(self._output_error(assembly.marker, *assembly.error))
             return
         self._outputs_reassembled += 1
         marker = assembly.marker

@@ -86,6 +86,24 @@ class Config:
     rate_limit: float = _opt(50.0, "client messages per second per connection")
     rate_burst: float = _opt(100.0, "client message burst per connection")
 
+    execution_retention: float = _opt(
+        3600.0, "seconds an execution's state and stored outputs outlive its last event"
+    )
+    output_inline_bytes: int = _opt(
+        1024 * 1024, "node outputs up to this size are sent inline in nodeExecuteAfterData"
+    )
+    output_push_limit: int = _opt(
+        64 * 1024 * 1024, "larger outputs are sent in chunks up to this size, else by reference"
+    )
+    output_max_bytes: int = _opt(256 * 1024 * 1024, "largest node output accepted")
+    output_chunk_bytes: int = _opt(256 * 1024, "size of one chunk of a large output")
+    snapshot_inline_bytes: int = _opt(
+        16 * 1024, "outputs up to this size are inline in execution snapshots"
+    )
+    output_store_bytes: int = _opt(
+        1024 * 1024 * 1024, "memory engine: total bytes of stored outputs (oldest evicted)"
+    )
+
     flush_passes: int = _opt(
         0,
         "event-loop passes a staged publication waits before the socket writes; 2 lets the "
@@ -115,6 +133,10 @@ class Config:
         for name in ("ping_interval", "history_ttl", "rate_limit", "presence_ttl", "push_ref_ttl"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        if self.output_chunk_bytes < 1024:
+            raise ValueError("output_chunk_bytes must be at least 1024")
+        if not self.output_inline_bytes <= self.output_push_limit <= self.output_max_bytes:
+            raise ValueError("need output_inline_bytes <= output_push_limit <= output_max_bytes")
         for name in ("max_queue_messages", "max_queue_bytes", "max_message_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")

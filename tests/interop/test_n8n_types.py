@@ -29,8 +29,30 @@ type Jsonify<T> = T extends Date
     : T extends object
       ? { [K in keyof T]: Jsonify<T[K]> }
       : T;
+/** n8n's sub-workflow progress events (in n8n's source, not yet in the npm package). */
+type Subworkflow =
+  | {
+      type: 'subworkflowExecutionStarted';
+      data: { parentExecutionId: string; parentNodeName: string; executionId: string;
+              totalNodes: number };
+    }
+  | {
+      type: 'subworkflowNodeProgress';
+      data: { parentExecutionId: string; parentNodeName: string; executionId: string;
+              currentNodeName: string; currentNodeIndex: number; totalNodes: number;
+              phase: 'running' | 'success' | 'error' };
+    }
+  | {
+      type: 'subworkflowExecutionFinished';
+      data: { parentExecutionId: string; parentNodeName: string; executionId: string;
+              status: Jsonify<PushMessage & { type: 'executionFinished' }>['data']['status'] };
+    };
 /** A push message as JSON, plus livepush's own top-level fields (n8n clients ignore them). */
-type Wire = Jsonify<PushMessage> & { channel?: string; offset?: number; epoch?: string };
+type Wire = (Jsonify<PushMessage> | Subworkflow) & {
+  channel?: string;
+  offset?: number;
+  epoch?: string;
+};
 
 export const recorded = """
 
@@ -92,6 +114,7 @@ async def test_recorded_execution_stream_type_checks_against_n8n(
 
     # the check can fail: one wrong value in the same stream is a compile error
     broken = json.loads(json.dumps(frames))
-    broken[-2]["data"]["status"] = "done"
+    finished = next(f for f in broken if f["type"] == "executionFinished")
+    finished["data"]["status"] = "done"
     returncode, output = await _type_check(tsc, broken)
     assert returncode != 0 and "done" in output

@@ -226,6 +226,7 @@ def test_every_catalogued_command_type_decodes_to_its_class() -> None:
         "presence": {"channel": "workflow:1"},
         "workflowOpened": {"workflowId": "1"},
         "workflowClosed": {"workflowId": "1"},
+        "executionSnapshot": {"executionId": "1"},
     }
     assert set(minimal) == set(COMMANDS)
     for name, fields in minimal.items():

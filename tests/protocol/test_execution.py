@@ -58,6 +58,27 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "source": "user",
     },
     "executionRecovered": {"executionId": "1"},
+    "subworkflowExecutionStarted": {
+        "parentExecutionId": "1",
+        "parentNodeName": "Execute Workflow",
+        "executionId": "2",
+        "totalNodes": 3,
+    },
+    "subworkflowNodeProgress": {
+        "parentExecutionId": "1",
+        "parentNodeName": "Execute Workflow",
+        "executionId": "2",
+        "currentNodeName": "Set",
+        "currentNodeIndex": 1,
+        "totalNodes": 3,
+        "phase": "running",
+    },
+    "subworkflowExecutionFinished": {
+        "parentExecutionId": "1",
+        "parentNodeName": "Execute Workflow",
+        "executionId": "2",
+        "status": "success",
+    },
 }
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from livepush.core.session import Session
 from livepush.protocol.channels import SYSTEM
@@ -46,6 +46,10 @@ class Hub:
         self._by_user: dict[str, dict[Session, None]] = {}
         self._dirty: list[Session] = []
         self._flush_scheduled = False
+        #: Publication types the node acts on when a session receives one (executions), and
+        #: the node's callback, told after the publication is staged on the session.
+        self.watched: frozenset[str] = frozenset()
+        self.observer: Callable[[Session, Publication], None] = lambda session, pub: None
 
     def recipients(self, channel: str) -> tuple[Session, ...]:
         """The local sessions a publication in `channel` goes to (a copy: a session closed
@@ -74,6 +78,8 @@ class Hub:
                     dirty.append(session)
             except Exception:
                 self._failed(session, publication)
+        if publication.type in self.watched:
+            self._observe(recipients, publication)
         if dirty and not self._flush_scheduled:
             try:
                 loop = asyncio.get_running_loop()
@@ -86,6 +92,15 @@ class Hub:
                 else:
                     loop.call_soon(self.flush)
         return len(recipients)
+
+    def _observe(self, recipients: tuple[Session, ...], publication: Publication) -> None:
+        for session in recipients:
+            # (a session holding the channel gets it later, from `Session.release`)
+            if not session.closed and not session.holding(publication.channel):
+                try:
+                    self.observer(session, publication)
+                except Exception:
+                    log.exception("handling %r for %r failed", publication, session)
 
     def flush(self) -> None:
         """Write what was staged on every session in this iteration."""

@@ -13,8 +13,10 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 from livepush.auth.policy import AuthorizationPolicy, ClaimsPolicy
 from livepush.auth.tokens import Identity, TokenVerifier
@@ -23,6 +25,13 @@ from livepush.core.hub import Hub, own_channels
 from livepush.core.ratelimit import RateDecision
 from livepush.core.session import FrameWriter, Session, SessionLimits
 from livepush.engines.base import Engine, EngineUnavailable
+from livepush.execution.relay import (
+    OUTPUT_MARKER,
+    STREAM_NOTICE,
+    ExecutionRelay,
+    ExecutionSettings,
+)
+from livepush.execution.transfer import OutputTransfers
 from livepush.metrics import Metrics
 from livepush.protocol import PROTOCOL_VERSION
 from livepush.protocol.catalogue import metric_label
@@ -36,6 +45,7 @@ from livepush.protocol.channels import (
 from livepush.protocol.commands import (
     Command,
     CommandError,
+    ExecutionSnapshot,
     Heartbeat,
     Ping,
     Refresh,
@@ -59,6 +69,7 @@ from livepush.protocol.envelope import (
     new_publication,
 )
 from livepush.protocol.errors import CloseCode, ErrorCode, ProtocolError
+from livepush.protocol.execution import EXECUTION_EVENTS
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +92,8 @@ class NodeSettings:
     presence_ttl: float = 30.0
     #: See `Hub.flush_passes`.
     flush_passes: int = 1
+    #: The execution path (livepush/execution).
+    execution: ExecutionSettings = field(default_factory=ExecutionSettings)
 
 
 @dataclass(slots=True)
@@ -133,6 +146,13 @@ class Node:
         self.deadlines = Deadlines()
         self._tasks: list[asyncio.Task[None]] = []
         self._drained = asyncio.Event()
+        self.executions = ExecutionRelay(engine.executions, self.settings.execution)
+        self.transfers = OutputTransfers(
+            engine.executions, chunk_bytes=self.settings.execution.chunk_bytes
+        )
+        self.hub.watched = _WATCHED
+        self.hub.observer = self._observe
+        self._background: set[asyncio.Task[None]] = set()
         self.broker.set_handler(self._on_publication)
         self.broker.set_reset_handler(self._on_reset)
         self.broker.set_command_handler(self._run_local_commands)
@@ -141,6 +161,7 @@ class Node:
         """Start the engine and the node's timers (token expiry, keep-alive)."""
         await self.broker.start()
         await self.presence.start()
+        await self.executions.store.start()
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._tick_deadlines()),
@@ -156,6 +177,10 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        await self.transfers.close()
+        for job in list(self._background):
+            job.cancel()
+        await self.executions.store.close()
         await self.policy.close()
         await self.presence.close()
         await self.broker.close()
@@ -177,7 +202,14 @@ class Node:
         key: str | None = None,
     ) -> Publication:
         """Publish one message to one channel; returns it placed at its stream position
-        (see `new_publication` for what `data` may be)."""
+        (see `new_publication` for what `data` may be). An execution event published to
+        `execution:<id>` takes the execution path (`publish_execution`)."""
+        if message_type in EXECUTION_EVENTS and channel.startswith("execution:"):
+            placed = await self.publish_execution(message_type, data)
+            if placed.channel != channel:
+                # (published: the event names its execution; say where it went)
+                log.warning("%s for %s was published to %s", message_type, channel, placed.channel)
+            return placed
         publication = new_publication(
             channel,
             message_type,
@@ -188,6 +220,23 @@ class Node:
         )
         placed = await self.broker.publish(publication)
         self.metrics.publications.labels(metric_label(message_type)).inc()
+        return placed
+
+    async def publish_execution(
+        self,
+        event_type: str,
+        data: dict[str, Any] | bytes,
+        *,
+        push_ref: str | None = None,
+        workflow_id: str | None = None,
+    ) -> Publication:
+        """Publish one execution event (docs/protocol.md, "Executions"): to
+        `execution:<id>`, recorded in the execution's state, followed by the tab `push_ref`
+        and the watchers of `workflow_id`."""
+        placed = await self.executions.publish(
+            event_type, data, push_ref=push_ref, workflow_id=workflow_id
+        )
+        self.metrics.publications.labels(metric_label(event_type)).inc()
         return placed
 
     async def publish_to_push_ref(
@@ -211,6 +260,134 @@ class Node:
     def _on_publication(self, publication: Publication) -> None:
         recipients = self.hub.fan_out(publication)
         self.metrics.fanned_out(publication, recipients)
+
+    # -- executions --------------------------------------------------------------------------
+
+    def _observe(self, session: Session, publication: Publication) -> None:
+        """A session was handed a publication the execution path acts on."""
+        kind = publication.type
+        if kind == STREAM_NOTICE:
+            notice = msgspec.json.decode(publication.data)
+            channel, epoch = notice.get("channel"), notice.get("epoch")
+            if isinstance(channel, str) and isinstance(epoch, str):
+                self._spawn(self._follow(session, channel, epoch))
+        elif kind == OUTPUT_MARKER:
+            self.transfers.start(session, publication)
+        elif session.follows and publication.channel in session.follows:  # finished
+            session.follows.discard(publication.channel)
+            self._spawn(self._unfollow(session, publication.channel))
+
+    def _observe_all(self, session: Session, delivered: list[Publication]) -> None:
+        for publication in delivered:
+            if publication.type in _WATCHED:
+                self._observe(session, publication)
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _follow(self, session: Session, channel: str, epoch: str) -> None:
+        """Subscribe a session to an execution it may watch (it received the execution's
+        `executionStream` notice in its tab's or workflow's channel), from the start."""
+        if session.closed or channel in session.channels:
+            return
+        try:
+            parse_channel(channel)
+            joined = await self._join(session, channel, StreamPosition(epoch, 0))
+        except ProtocolError as exc:
+            session.send_control(error_message(exc.code, f"following {channel}: {exc.message}"))
+            return
+        except Exception:
+            log.exception("following %s for %r failed", channel, session)
+            return
+        if session.follows is None:
+            session.follows = set()
+        session.follows.add(channel)
+        if joined.recovered is False:
+            # more than the history holds: the client catches up with executionSnapshot
+            position = joined.position
+            message = {"channel": channel, "epoch": position.epoch, "offset": position.offset}
+            session.send_control(control_message("channelReset", message))
+        session.mark({channel: joined.start})
+        self._observe_all(session, session.release(channel, joined.missed, joined.after_offset))
+
+    async def _unfollow(self, session: Session, channel: str) -> None:
+        """End a followed subscription after its execution finished."""
+        if session.closed or channel not in session.channels:
+            return
+        try:
+            await self.unsubscribe(session, channel)
+        except Exception:
+            log.exception("ending %s for %r failed", channel, session)
+            return
+        session.send_control(
+            control_message(
+                "unsubscribed",
+                {
+                    "channel": channel,
+                    "code": "execution_finished",
+                    "message": "the execution finished; its stream ended",
+                },
+            )
+        )
+
+    async def authorize_execution(
+        self, identity: Identity, execution_id: str, *, watching: Iterable[str] = ()
+    ) -> str:
+        """Whether a user may see an execution: if they may subscribe to
+        `execution:<id>`, or to the workflow it belongs to (or already watch it). Returns
+        the execution's channel; raises `forbidden`."""
+        channel = f"execution:{execution_id}"
+        parse_channel(channel)
+        if await self.policy.can_subscribe(identity, "execution", execution_id):
+            return channel
+        workflow = await self.executions.workflow_of(execution_id)
+        if workflow is not None and (
+            f"workflow:{workflow}" in watching
+            or await self.policy.can_subscribe(identity, "workflow", workflow)
+        ):
+            return channel
+        raise ProtocolError(ErrorCode.FORBIDDEN, f"not allowed to see execution {execution_id!r}")
+
+    async def execution_snapshot(
+        self, session: Session, execution_id: str, reply: Reply, request_id: Any = None
+    ) -> None:
+        """Reply with an execution's snapshot and subscribe the session to its stream from
+        there (docs/protocol.md, "Catch-up")."""
+        channel = await self.authorize_execution(
+            session.identity, execution_id, watching=session.channels
+        )
+        taken = await self.executions.snapshot(execution_id)
+        if taken is None:
+            raise ProtocolError(
+                ErrorCode.EXECUTION_NOT_FOUND,
+                f"no execution {execution_id!r} (unknown, or its retention expired)",
+            )
+        snapshot, position = taken
+        if channel in session.channels:
+            reply(_snapshot_reply(execution_id, channel, position, snapshot, True, request_id))
+            return
+        joined = await self._join_checked_limit(session, channel, position)
+        if joined.recovered is False:
+            # the stream moved on further than its history holds while we subscribed: the
+            # state now is newer; what arrives up to its offset is in it
+            taken = await self.executions.snapshot(execution_id)
+            if taken is not None:
+                snapshot, position = taken
+        reply(_snapshot_reply(execution_id, channel, position, snapshot, False, request_id))
+        session.mark({channel: joined.start})
+        self._observe_all(session, session.release(channel, joined.missed, joined.after_offset))
+
+    async def _join_checked_limit(
+        self, session: Session, channel: str, since: StreamPosition | None
+    ) -> _Joined:
+        if len(session.channels) >= self.limits.max_subscriptions:
+            raise ProtocolError(
+                ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                f"at most {self.limits.max_subscriptions} subscriptions per connection",
+            )
+        return await self._join(session, channel, since)
 
     def _on_reset(self, channel: str, position: StreamPosition) -> None:
         """The channel's stream lost continuity (the engine lost history, or publications
@@ -308,7 +485,7 @@ class Node:
         session.send_control(control_message("connected", greeting))
         session.mark({j.channel: j.start for j in joined})
         for j in joined:
-            session.release(j.channel, j.missed, j.after_offset)
+            self._observe_all(session, session.release(j.channel, j.missed, j.after_offset))
         return session
 
     async def close_session(self, session: Session) -> None:
@@ -439,7 +616,7 @@ class Node:
         joined = await self._join_checked(session, channel, since)
         reply(control_message("reply", joined.describe(), request_id))
         session.mark({channel: joined.start})
-        session.release(channel, joined.missed, joined.after_offset)
+        self._observe_all(session, session.release(channel, joined.missed, joined.after_offset))
 
     async def unsubscribe(self, session: Session, channel: str) -> bool:
         """Remove a subscription; False when the session was not subscribed."""
@@ -451,6 +628,8 @@ class Node:
             )
         if channel not in session.channels:
             return False
+        if session.follows:
+            session.follows.discard(channel)
         if self.hub.unsubscribe(session, channel):
             await self.broker.unsubscribe(channel)
             self.metrics.channels.set(self.hub.channel_count)
@@ -673,6 +852,8 @@ class Node:
                 await self.subscribe(
                     session, channel, None, reply if rid is not None else _discard, rid
                 )
+        elif isinstance(command, ExecutionSnapshot):
+            await self.execution_snapshot(session, command.executionId, reply, rid)
         elif isinstance(command, WorkflowClosed):
             await self.unsubscribe(session, f"workflow:{command.workflowId}")
             if rid is not None:
@@ -698,6 +879,30 @@ class Node:
                     await self._drained.wait()
         for session in self.hub.sessions():
             session.close(CloseCode.SERVICE_RESTART, "server restarting; reconnect", flush=False)
+
+
+#: Publication types the node acts on when a session receives one.
+_WATCHED = frozenset({STREAM_NOTICE, OUTPUT_MARKER, "executionFinished"})
+
+
+def _snapshot_reply(
+    execution_id: str,
+    channel: str,
+    position: StreamPosition,
+    snapshot: dict[str, Any],
+    already: bool,
+    request_id: Any,
+) -> bytes:
+    data: dict[str, Any] = {
+        "executionId": execution_id,
+        "channel": channel,
+        "epoch": position.epoch,
+        "offset": position.offset,
+        "snapshot": snapshot,
+    }
+    if already:
+        data["alreadySubscribed"] = True
+    return control_message("reply", data, request_id)
 
 
 def _presence_info(session: Session) -> dict[str, Any]:

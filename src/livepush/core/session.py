@@ -129,6 +129,7 @@ class Session:
         "close_reason",
         "closed",
         "deadline",
+        "follows",
         "identity",
         "limits",
         "metrics",
@@ -171,6 +172,9 @@ class Session:
         self._flusher: asyncio.Task[None] | None = None
         self._recovering: dict[str, list[Publication]] | None = None
         self._closing = False
+        #: Channels the server subscribed this connection to (executions it follows), ended
+        #: by the server; created on first use.
+        self.follows: set[str] | None = None
 
     @property
     def user_id(self) -> str:
@@ -225,6 +229,19 @@ class Session:
             pending = [pending]
         for publication in pending:
             self._enqueue_publication(publication)
+
+    async def writable(self) -> None:
+        """Wait until everything sent so far has reached the transport and the transport is
+        below its high-water mark (raises `ConnectionError` if the connection is lost)."""
+        while not self.closed:
+            if self._flusher is not None:
+                await asyncio.wait({self._flusher})
+            elif self.writer.paused:
+                await self.writer.drain()
+            elif self._pending is not None:
+                await asyncio.sleep(0)
+            else:
+                return
 
     def deliver(self, publication: Publication) -> None:
         """Send one publication now (after anything staged), or queue it."""
@@ -385,21 +402,31 @@ class Session:
             if not self._recovering:
                 self._recovering = None
 
-    def release(self, channel: str, missed: list[Publication], after_offset: int | None) -> None:
-        """Deliver a channel's missed publications, then the held live ones not among them."""
+    def holding(self, channel: str) -> bool:
+        """Whether live publications of the channel are held (its missed ones are awaited)."""
+        return self._recovering is not None and channel in self._recovering
+
+    def release(
+        self, channel: str, missed: list[Publication], after_offset: int | None
+    ) -> list[Publication]:
+        """Deliver a channel's missed publications, then the held live ones not among them;
+        returns what was delivered."""
         held: list[Publication] = []
         if self._recovering is not None:
             held = self._recovering.pop(channel, [])
             if not self._recovering:
                 self._recovering = None
         last = after_offset
+        delivered = list(missed)
         for publication in missed:
             self.stage(publication)
             last = publication.offset
         for publication in held:
             if publication.offset is None or last is None or publication.offset > last:
                 self.stage(publication)
+                delivered.append(publication)
         self.flush()
+        return delivered
 
     # -- closing -----------------------------------------------------------------------------
 

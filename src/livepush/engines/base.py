@@ -155,8 +155,70 @@ class PresenceStore(ABC):
             await self.claim(name, owner, ttl)
 
 
+#: `data` of a publication whose `sequenceNumber` the store sets to its offset starts so.
+SEQUENCE_SLOT = b'{"sequenceNumber":0'
+
+
+def with_sequence(data: bytes, offset: int) -> bytes:
+    """`data` (starting with `SEQUENCE_SLOT`) with its sequence number set to `offset`."""
+    return b'{"sequenceNumber":%d' % offset + data[len(SEQUENCE_SLOT) :]
+
+
+class ExecutionState(NamedTuple):
+    """An execution's recorded state: its fields, as of `position` in `execution:<id>`."""
+
+    fields: dict[str, bytes]
+    position: StreamPosition
+
+
+class ExecutionStore(ABC):
+    """Execution state and large outputs (livepush/execution), kept with their stream: an
+    execution's state is updated in the same atomic step as the publication to its channel,
+    so a snapshot names exactly the stream position it describes."""
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Connect."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Disconnect."""
+
+    @abstractmethod
+    async def publish(
+        self,
+        publication: Publication,
+        execution_id: str,
+        fields: Sequence[tuple[str, bytes]],
+        delete: Sequence[str] = (),
+        *,
+        sequence: bool = False,
+        retention: float,
+    ) -> Publication:
+        """Publish a reliable publication (to `execution:<execution_id>`, or another
+        channel with no fields) and, atomically with it, set and delete these state fields;
+        the state then lives `retention` seconds after its last update. With `sequence`, the
+        publication's data starts with `SEQUENCE_SLOT` and gets its offset as
+        `sequenceNumber`."""
+
+    @abstractmethod
+    async def state(self, execution_id: str) -> ExecutionState | None:
+        """The execution's state, or None when it is unknown or expired."""
+
+    @abstractmethod
+    async def put_output(self, execution_id: str, name: str, data: bytes, ttl: float) -> None:
+        """Store a node output for `ttl` seconds."""
+
+    @abstractmethod
+    async def output_size(self, execution_id: str, name: str) -> int | None:
+        """A stored output's size in bytes, None when it is gone."""
+
+    @abstractmethod
+    async def read_output(self, execution_id: str, name: str, start: int, end: int) -> bytes:
+        """Bytes `start` to `end` (exclusive) of a stored output (b"" when it is gone)."""
+
+
 class Engine(NamedTuple):
-    """A broker and a presence store that work together."""
+    """A broker, a presence store and an execution store that work together."""
 
     broker: Broker
     presence: PresenceStore
+    executions: ExecutionStore

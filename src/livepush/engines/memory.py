@@ -9,9 +9,18 @@ from __future__ import annotations
 import secrets
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
-from livepush.engines.base import Broker, Engine, PresenceStore, Recovery
+from livepush.engines.base import (
+    Broker,
+    Engine,
+    ExecutionState,
+    ExecutionStore,
+    PresenceStore,
+    Recovery,
+    with_sequence,
+)
 from livepush.protocol.envelope import Priority, Publication, StreamPosition
 
 
@@ -55,8 +64,20 @@ class MemoryBroker(Broker):
         if publication.priority is Priority.EPHEMERAL:
             self._handler(publication)
             return publication
+        return self.place(publication)
+
+    def place(self, publication: Publication, *, sequence: bool = False) -> Publication:
+        """Publish a reliable publication, synchronously (with `sequence`: see
+        `ExecutionStore.publish`)."""
         stream = self._stream(publication.channel)
         stream.offset += 1
+        if sequence:
+            publication = Publication(
+                publication.channel,
+                publication.type,
+                with_sequence(publication.data, stream.offset),
+                published_at=publication.published_at,
+            )
         placed = publication.with_position(stream.offset, stream.epoch)
         history = stream.history
         history.append(placed)
@@ -178,11 +199,102 @@ class MemoryPresence(PresenceStore):
         return {cid: info for cid, (info, _) in members.items()}
 
 
+class _Execution:
+    __slots__ = ("expires", "fields", "position")
+
+    def __init__(self) -> None:
+        self.fields: dict[str, bytes] = {}
+        self.position = StreamPosition("", 0)
+        self.expires = 0.0
+
+
+class MemoryExecutions(ExecutionStore):
+    """Execution state and outputs in process memory: expiring, and outputs bounded in total
+    bytes (the oldest go first; fetching one that went answers `output_not_found`)."""
+
+    def __init__(self, broker: MemoryBroker, *, output_bytes: int = 1024 * 1024 * 1024) -> None:
+        self._broker = broker
+        self._states: dict[str, _Execution] = {}
+        self._outputs: dict[tuple[str, str], tuple[bytes, float]] = {}
+        self._output_bytes = 0
+        self._output_limit = output_bytes
+        self._last_sweep = time.monotonic()
+
+    async def publish(
+        self,
+        publication: Publication,
+        execution_id: str,
+        fields: Sequence[tuple[str, bytes]],
+        delete: Sequence[str] = (),
+        *,
+        sequence: bool = False,
+        retention: float,
+    ) -> Publication:
+        """See `ExecutionStore.publish` (no await between publishing and recording)."""
+        now = time.monotonic()
+        if now - self._last_sweep > 10.0:
+            self._sweep(now)
+        placed = self._broker.place(publication, sequence=sequence)
+        if fields or delete:
+            state = self._states.get(execution_id)
+            if state is None or state.expires <= now:
+                state = self._states[execution_id] = _Execution()
+            for name in delete:
+                state.fields.pop(name, None)
+            state.fields.update(fields)
+            state.position = StreamPosition(str(placed.epoch), int(placed.offset or 0))
+            state.expires = now + retention
+        return placed
+
+    async def state(self, execution_id: str) -> ExecutionState | None:
+        """See `ExecutionStore.state`."""
+        state = self._states.get(execution_id)
+        if state is None or state.expires <= time.monotonic():
+            return None
+        return ExecutionState(dict(state.fields), state.position)
+
+    async def put_output(self, execution_id: str, name: str, data: bytes, ttl: float) -> None:
+        """See `ExecutionStore.put_output`."""
+        key = (execution_id, name)
+        old = self._outputs.pop(key, None)
+        if old is not None:
+            self._output_bytes -= len(old[0])
+        self._outputs[key] = (data, time.monotonic() + ttl)
+        self._output_bytes += len(data)
+        while self._output_bytes > self._output_limit and len(self._outputs) > 1:
+            oldest = next(iter(self._outputs))
+            self._output_bytes -= len(self._outputs.pop(oldest)[0])
+
+    def _output(self, execution_id: str, name: str) -> bytes | None:
+        entry = self._outputs.get((execution_id, name))
+        if entry is None or entry[1] <= time.monotonic():
+            return None
+        return entry[0]
+
+    async def output_size(self, execution_id: str, name: str) -> int | None:
+        """See `ExecutionStore.output_size`."""
+        data = self._output(execution_id, name)
+        return None if data is None else len(data)
+
+    async def read_output(self, execution_id: str, name: str, start: int, end: int) -> bytes:
+        """See `ExecutionStore.read_output`."""
+        data = self._output(execution_id, name)
+        return b"" if data is None else data[start:end]
+
+    def _sweep(self, now: float) -> None:
+        self._last_sweep = now
+        self._states = {k: s for k, s in self._states.items() if s.expires > now}
+        for key in [k for k, (_, until) in self._outputs.items() if until <= now]:
+            self._output_bytes -= len(self._outputs.pop(key)[0])
+
+
 def memory_engine(
-    *, history_size: int = 1000, history_ttl: float = 300.0, stream_ttl: float = 3600.0
+    *,
+    history_size: int = 1000,
+    history_ttl: float = 300.0,
+    stream_ttl: float = 3600.0,
+    output_bytes: int = 1024 * 1024 * 1024,
 ) -> Engine:
     """The embedded default engine."""
-    return Engine(
-        MemoryBroker(history_size=history_size, history_ttl=history_ttl, stream_ttl=stream_ttl),
-        MemoryPresence(),
-    )
+    broker = MemoryBroker(history_size=history_size, history_ttl=history_ttl, stream_ttl=stream_ttl)
+    return Engine(broker, MemoryPresence(), MemoryExecutions(broker, output_bytes=output_bytes))

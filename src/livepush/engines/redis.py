@@ -41,7 +41,17 @@ from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.crc import key_slot
 from redis.exceptions import RedisError
 
-from livepush.engines.base import Broker, Engine, EngineUnavailable, PresenceStore, Recovery
+from livepush.engines.base import (
+    SEQUENCE_SLOT,
+    Broker,
+    Engine,
+    EngineUnavailable,
+    ExecutionState,
+    ExecutionStore,
+    PresenceStore,
+    Recovery,
+    with_sequence,
+)
 from livepush.protocol.envelope import Priority, Publication, StreamPosition
 from livepush.protocol.errors import ErrorCode, ProtocolError
 
@@ -130,6 +140,12 @@ class Keys:
 
     def claim(self, name: str) -> str:
         return f"{self.prefix}:c:{{{name}}}"
+
+    def execution(self, execution_id: str) -> str:
+        return f"{self.prefix}:{{execution:{execution_id}}}:x"
+
+    def output(self, execution_id: str, name: str) -> str:
+        return f"{self.prefix}:{{execution:{execution_id}}}:o:{name}"
 
     def presence(self, channel: str) -> tuple[str, str]:
         return f"{self.prefix}:p:{{{channel}}}:z", f"{self.prefix}:p:{{{channel}}}:h"
@@ -263,8 +279,15 @@ class RedisStreams:
             with contextlib.suppress(RedisError, OSError):
                 await self.redis.aclose()
 
-    async def publish(self, publication: Publication) -> Publication:
-        """See `Broker.publish`."""
+    async def publish(
+        self,
+        publication: Publication,
+        *,
+        sequence: bool = False,
+        state: tuple[str, float, Sequence[str], Sequence[tuple[str, bytes]]] | None = None,
+    ) -> Publication:
+        """See `Broker.publish`; `sequence` and `state` (execution id, retention, fields to
+        delete, fields to set): see `ExecutionStore.publish`."""
         channel = publication.channel
         message = encode_message(publication)
         name = self.keys.pubsub(channel)
@@ -273,18 +296,38 @@ class RedisStreams:
             async with self._call():
                 await self.redis.execute_command(command, name, b"::" + message)
             return publication
+        keys = [self.keys.meta(channel), self.keys.stream(channel)]
+        args: list[Any] = [
+            name,
+            message,
+            self._history_size,
+            self._history_ttl_ms,
+            self._stream_ttl_ms,
+            new_epoch(),
+            "1" if self.cluster else "0",
+        ]
+        if sequence or state is not None:
+            tail = b""
+            if sequence:
+                # the message is split where the offset goes: {"channel",...,"data":
+                # {"sequenceNumber":<offset>,...
+                slot = message.index(b'"data":' + SEQUENCE_SLOT) + len(SEQUENCE_SLOT) + 6
+                args[1], tail = message[:slot], message[slot + 1 :]
+            args += ["1" if sequence else "0", tail]
+            if state is not None:
+                execution_id, retention, delete, fields = state
+                keys.append(self.keys.execution(execution_id))
+                args += [_ms(retention), len(delete), *delete]
+                for field, value in fields:
+                    args += [field, value]
         async with self._call():
-            offset, epoch = await self._publish_script(
-                keys=[self.keys.meta(channel), self.keys.stream(channel)],
-                args=[
-                    name,
-                    message,
-                    self._history_size,
-                    self._history_ttl_ms,
-                    self._stream_ttl_ms,
-                    new_epoch(),
-                    "1" if self.cluster else "0",
-                ],
+            offset, epoch = await self._publish_script(keys=keys, args=args)
+        if sequence:
+            publication = Publication(
+                publication.channel,
+                publication.type,
+                with_sequence(publication.data, int(offset)),
+                published_at=publication.published_at,
             )
         return publication.with_position(int(offset), _text(epoch))
 
@@ -892,6 +935,83 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+class RedisExecutions(ExecutionStore):
+    """Execution state in a hash and outputs in strings, in the execution channel's slot."""
+
+    def __init__(self, streams: RedisStreams) -> None:
+        self._streams = streams
+        self._own = False
+
+    @classmethod
+    def connect(cls, url: str, **settings: Any) -> RedisExecutions:
+        """A store with its own connection (for publishers outside a node)."""
+        store = cls(RedisStreams(url, **settings))
+        store._own = True
+        return store
+
+    async def start(self) -> None:
+        """See `ExecutionStore.start`."""
+        if self._own:
+            await self._streams.start()
+
+    async def close(self) -> None:
+        """See `ExecutionStore.close`."""
+        if self._own:
+            await self._streams.close()
+
+    async def publish(
+        self,
+        publication: Publication,
+        execution_id: str,
+        fields: Sequence[tuple[str, bytes]],
+        delete: Sequence[str] = (),
+        *,
+        sequence: bool = False,
+        retention: float,
+    ) -> Publication:
+        """See `ExecutionStore.publish`."""
+        state = (execution_id, retention, delete, fields) if fields or delete else None
+        return await self._streams.publish(publication, sequence=sequence, state=state)
+
+    async def state(self, execution_id: str) -> ExecutionState | None:
+        """See `ExecutionStore.state`."""
+        streams = self._streams
+        async with streams._call():
+            raw = await streams.redis.hgetall(streams.keys.execution(execution_id))
+        if not raw:
+            return None
+        fields = {_text(k): bytes(v) for k, v in raw.items()}
+        epoch, offset = fields.pop("e", b"").decode(), int(fields.pop("o", b"0"))
+        return ExecutionState(fields, StreamPosition(epoch, offset))
+
+    async def put_output(self, execution_id: str, name: str, data: bytes, ttl: float) -> None:
+        """See `ExecutionStore.put_output`."""
+        streams = self._streams
+        async with streams._call():
+            await streams.redis.set(streams.keys.output(execution_id, name), data, px=_ms(ttl))
+
+    async def output_size(self, execution_id: str, name: str) -> int | None:
+        """See `ExecutionStore.output_size`."""
+        streams = self._streams
+        key = streams.keys.output(execution_id, name)
+        async with streams._call():
+            size, exists = await asyncio.gather(
+                streams.redis.strlen(key), streams.redis.exists(key)
+            )
+        return int(size) if exists else None
+
+    async def read_output(self, execution_id: str, name: str, start: int, end: int) -> bytes:
+        """See `ExecutionStore.read_output`."""
+        if end <= start:
+            return b""
+        streams = self._streams
+        async with streams._call():
+            data = await streams.redis.getrange(
+                streams.keys.output(execution_id, name), start, end - 1
+            )
+        return bytes(data)
+
+
 def redis_engine(
     url: str,
     *,
@@ -902,14 +1022,14 @@ def redis_engine(
     cluster: bool = False,
 ) -> Engine:
     """The cluster engine."""
+    broker = RedisBroker(
+        url,
+        history_size=history_size,
+        history_ttl=history_ttl,
+        stream_ttl=stream_ttl,
+        prefix=prefix,
+        cluster=cluster,
+    )
     return Engine(
-        RedisBroker(
-            url,
-            history_size=history_size,
-            history_ttl=history_ttl,
-            stream_ttl=stream_ttl,
-            prefix=prefix,
-            cluster=cluster,
-        ),
-        RedisPresence(url, prefix=prefix, cluster=cluster),
+        broker, RedisPresence(url, prefix=prefix, cluster=cluster), RedisExecutions(broker.streams)
     )

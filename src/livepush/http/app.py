@@ -18,7 +18,9 @@ from livepush.core.session import SessionLimits
 from livepush.engines.base import Engine
 from livepush.engines.memory import memory_engine
 from livepush.engines.redis import redis_engine
+from livepush.execution.relay import ExecutionSettings
 from livepush.http.errors import json_error, json_response
+from livepush.http.executions import add_execution_routes
 from livepush.http.openapi import openapi_document
 from livepush.http.publish import PublishHandler, check_api_key
 from livepush.protocol.errors import ErrorCode, ProtocolError
@@ -47,7 +49,26 @@ def build_engine(config: Config) -> Engine:
             prefix=config.redis_prefix,
             cluster=config.redis_cluster,
         )
-    return memory_engine(history_size=config.history_size, history_ttl=config.history_ttl)
+    return memory_engine(
+        history_size=config.history_size,
+        history_ttl=config.history_ttl,
+        stream_ttl=max(3600.0, config.execution_retention),
+        output_bytes=config.output_store_bytes,
+    )
+
+
+def execution_settings(config: Config) -> ExecutionSettings:
+    """The execution path's settings."""
+    return ExecutionSettings(
+        retention=config.execution_retention,
+        inline_bytes=config.output_inline_bytes,
+        push_limit=config.output_push_limit,
+        max_bytes=config.output_max_bytes,
+        # a chunk always fits a connection's queue
+        chunk_bytes=max(1024, min(config.output_chunk_bytes, config.max_queue_bytes // 2)),
+        snapshot_inline_bytes=config.snapshot_inline_bytes,
+        max_event_bytes=config.max_publish_bytes,
+    )
 
 
 def build_node(config: Config) -> Node:
@@ -85,6 +106,7 @@ def build_node(config: Config) -> Node:
             presence=config.presence,
             presence_ttl=config.presence_ttl,
             flush_passes=config.flush_passes or (2 if config.engine == "redis" else 1),
+            execution=execution_settings(config),
         ),
         limits=SessionLimits(
             max_queue_messages=config.max_queue_messages,
@@ -99,7 +121,9 @@ def build_node(config: Config) -> Node:
 def create_app(config: Config, node: Node | None = None) -> web.Application:
     """The application serving the push endpoint, the publish API, health and metrics."""
     node = node or build_node(config)
-    app = web.Application(client_max_size=config.max_publish_bytes)
+    # (the execution events endpoint takes node outputs up to output_max_bytes; the publish
+    # endpoint checks its own, smaller limit)
+    app = web.Application(client_max_size=max(config.max_publish_bytes, config.output_max_bytes))
     app[NODE_KEY] = node
     handshake_settings = HandshakeSettings(
         tuple(config.allowed_origins), config.trust_proxy, config.auth_cookie
@@ -174,6 +198,7 @@ def create_app(config: Config, node: Node | None = None) -> web.Application:
         "/api/v1/publish", PublishHandler(node, config.api_key, config.max_publish_bytes).handle
     )
     app.router.add_get("/api/v1/presence", presence)
+    add_execution_routes(app, node, config, handshake_settings)
     app.router.add_get("/api/v1/openapi.json", openapi_json)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

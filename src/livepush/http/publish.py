@@ -148,7 +148,13 @@ class PublishHandler:
         if refused is not None:
             return refused
         try:
+            if (request.content_length or 0) > self._max_bytes:
+                raise web.HTTPRequestEntityTooLarge(
+                    max_size=self._max_bytes, actual_size=request.content_length or 0
+                )
             body = await request.read()
+            if len(body) > self._max_bytes:
+                raise web.HTTPRequestEntityTooLarge(max_size=self._max_bytes, actual_size=len(body))
         except web.HTTPRequestEntityTooLarge:
             return json_error(
                 413,

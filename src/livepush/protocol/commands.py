@@ -78,6 +78,12 @@ class WorkflowClosed(Command, kw_only=True):
     workflowId: str
 
 
+class ExecutionSnapshot(Command, kw_only=True):
+    """The current state of an execution, and a subscription to its stream from there."""
+
+    executionId: Annotated[str, msgspec.Meta(max_length=128)]
+
+
 COMMANDS: Final[dict[str, type[Command]]] = {
     "heartbeat": Heartbeat,
     "ping": Ping,
@@ -87,6 +93,7 @@ COMMANDS: Final[dict[str, type[Command]]] = {
     "presence": Presence,
     "workflowOpened": WorkflowOpened,
     "workflowClosed": WorkflowClosed,
+    "executionSnapshot": ExecutionSnapshot,
 }
 
 _decode_any = msgspec.json.Decoder()

@@ -30,6 +30,11 @@ RESERVED_TYPES: Final = frozenset(
         "disconnect",
         "tokenExpiring",
         "channelReset",
+        # executions (livepush/execution): a connection follows an execution's stream; a
+        # large node output announced, and its pieces
+        "executionStream",
+        "executionOutput",
+        "executionOutputChunk",
     }
 )
 

@@ -40,6 +40,8 @@ class ErrorCode(StrEnum):
     PAYLOAD_TOO_LARGE = "payload_too_large"
     SHUTTING_DOWN = "shutting_down"
     ENGINE_UNAVAILABLE = "engine_unavailable"
+    EXECUTION_NOT_FOUND = "execution_not_found"
+    OUTPUT_NOT_FOUND = "output_not_found"
     INTERNAL_ERROR = "internal_error"
 
 

@@ -1,5 +1,7 @@
 """n8n's execution push events, typed: the payload shapes of `@n8n/api-types` (push/execution,
-version 1.41.0) and the `n8n-workflow` types they use, checked when such an event is published
+version 1.41.0) and the `n8n-workflow` types they use, plus the sub-workflow progress events of
+newer n8n (`subworkflowExecutionStarted`, `subworkflowNodeProgress`,
+`subworkflowExecutionFinished`, not in 1.41.0), checked when such an event is published
 so that what reaches an n8n editor is what it expects (tests/interop type-checks a recorded
 stream against the npm package with the TypeScript compiler).
 
@@ -129,6 +131,30 @@ class NodeExecuteAfterData(_Payload, kw_only=True):
     itemCountByConnectionType: dict[str, list[int]]
 
 
+class SubworkflowExecutionStarted(_Payload, kw_only=True):
+    parentExecutionId: str
+    parentNodeName: str
+    executionId: str
+    totalNodes: int
+
+
+class SubworkflowNodeProgress(_Payload, kw_only=True):
+    parentExecutionId: str
+    parentNodeName: str
+    executionId: str
+    currentNodeName: str
+    currentNodeIndex: int
+    totalNodes: int
+    phase: Literal["running", "success", "error"]
+
+
+class SubworkflowExecutionFinished(_Payload, kw_only=True):
+    parentExecutionId: str
+    parentNodeName: str
+    executionId: str
+    status: ExecutionStatus
+
+
 #: Event type -> its `data` shape.
 EXECUTION_EVENTS: Final[dict[str, type[_Payload]]] = {
     "executionStarted": ExecutionStarted,
@@ -138,19 +164,29 @@ EXECUTION_EVENTS: Final[dict[str, type[_Payload]]] = {
     "nodeExecuteBefore": NodeExecuteBefore,
     "nodeExecuteAfter": NodeExecuteAfter,
     "nodeExecuteAfterData": NodeExecuteAfterData,
+    "subworkflowExecutionStarted": SubworkflowExecutionStarted,
+    "subworkflowNodeProgress": SubworkflowNodeProgress,
+    "subworkflowExecutionFinished": SubworkflowExecutionFinished,
 }
+
+#: Events about a child execution that belong to its parent's stream.
+SUBWORKFLOW_EVENTS: Final = frozenset(
+    {"subworkflowExecutionStarted", "subworkflowNodeProgress", "subworkflowExecutionFinished"}
+)
+#: Events that carry n8n's per-execution `sequenceNumber`.
+SEQUENCED_EVENTS: Final = frozenset({"nodeExecuteBefore", "nodeExecuteAfter"})
 
 _DECODERS: Final = {name: msgspec.json.Decoder(shape) for name, shape in EXECUTION_EVENTS.items()}
 
 
-def validate_event(message_type: str, data: bytes) -> None:
+def validate_event(message_type: str, data: bytes) -> _Payload | None:
     """Raise `invalid_message` when an execution event's `data` does not have n8n's shape
-    (types other than the execution events pass unchecked)."""
+    (types other than the execution events pass unchecked, and give None)."""
     decoder = _DECODERS.get(message_type)
     if decoder is None:
-        return
+        return None
     try:
-        decoder.decode(data)
+        return decoder.decode(data)
     except msgspec.ValidationError as exc:
         raise ProtocolError(
             ErrorCode.INVALID_MESSAGE, f"{message_type} does not have n8n's shape: {exc}"

@@ -1,0 +1,231 @@
+"""The execution endpoints (docs/protocol.md, "Executions"):
+
+- `POST /api/v1/executions/events` (API key): publish execution events, one or a batch.
+- `GET /api/v1/executions/<id>` (API key or a user token): the execution's snapshot.
+- `GET /api/v1/executions/<id>/nodes/<nodeName>/output` (same): a node's stored output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from typing import Annotated, Any
+
+import msgspec
+from aiohttp import web
+
+from livepush.config import Config
+from livepush.core.node import Node
+from livepush.engines.base import EngineUnavailable
+from livepush.execution.relay import Event, prepare
+from livepush.http.errors import json_error, json_response
+from livepush.protocol.errors import ErrorCode, ProtocolError
+from livepush.transports.handshake import (
+    HandshakeSettings,
+    authenticate,
+    error_response,
+    query_params,
+)
+
+MAX_EVENTS = 1000
+#: Bytes of a stored output read per step when answering a fetch.
+READ_BYTES = 1024 * 1024
+
+
+class ExecutionEvent(msgspec.Struct, forbid_unknown_fields=True):
+    """One event to publish, and who follows its execution."""
+
+    type: str
+    data: msgspec.Raw
+    pushRef: str | None = None
+    workflowId: str | None = None
+
+
+class ExecutionEvents(msgspec.Struct, forbid_unknown_fields=True):
+    """Events published in order."""
+
+    events: Annotated[list[ExecutionEvent], msgspec.Meta(min_length=1, max_length=MAX_EVENTS)]
+
+
+class _Position(msgspec.Struct):
+    channel: str
+    offset: int | None
+    epoch: str | None
+
+
+_decode_one = msgspec.json.Decoder(ExecutionEvent)
+_decode_many = msgspec.json.Decoder(ExecutionEvents)
+
+
+def _parse(body: bytes) -> tuple[list[ExecutionEvent], bool]:
+    try:
+        head: Any = msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(ErrorCode.INVALID_JSON, f"body is not valid JSON: {exc}") from exc
+    if not isinstance(head, dict):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "body must be a JSON object")
+    try:
+        if "events" in head:
+            return _decode_many.decode(body).events, True
+        return [_decode_one.decode(body)], False
+    except msgspec.ValidationError as exc:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"invalid request: {exc}") from exc
+
+
+def add_execution_routes(
+    app: web.Application, node: Node, config: Config, handshake: HandshakeSettings
+) -> None:
+    """Register the execution endpoints on a node's application."""
+    api_key = config.api_key.encode() if config.api_key else None
+    settings = node.settings.execution
+
+    def has_api_key(request: web.Request) -> bool:
+        authorization = request.headers.get("Authorization", "")
+        presented = authorization[7:].strip() if authorization[:7].lower() == "bearer " else ""
+        return api_key is not None and hmac.compare_digest(presented.encode(), api_key)
+
+    async def publish_events(request: web.Request) -> web.Response:
+        if api_key is None:
+            return json_error(
+                503, ErrorCode.PUBLISH_DISABLED, "the server API needs LIVEPUSH_API_KEY"
+            )
+        if not has_api_key(request):
+            return json_error(
+                401, ErrorCode.INVALID_API_KEY, "send `Authorization: Bearer <LIVEPUSH_API_KEY>`"
+            )
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return json_error(
+                413, ErrorCode.PAYLOAD_TOO_LARGE, f"request body over {settings.max_bytes} bytes"
+            )
+        try:
+            items, batch = _parse(body)
+            planned: list[Event] = []
+            for index, item in enumerate(items):
+                try:
+                    planned.append(
+                        prepare(
+                            item.type,
+                            bytes(item.data),
+                            settings,
+                            push_ref=item.pushRef,
+                            workflow_id=item.workflowId,
+                        )
+                    )
+                except ProtocolError as exc:
+                    where = f"events[{index}]: " if batch else ""
+                    raise ProtocolError(exc.code, where + exc.message) from exc
+        except ProtocolError as exc:
+            status = 413 if exc.code is ErrorCode.PAYLOAD_TOO_LARGE else 400
+            return json_error(status, exc.code, exc.message)
+        published: list[_Position] = []
+
+        async def publish_all() -> None:
+            for event in planned:
+                placed = await node.executions.publish_prepared(event)
+                node.metrics.publications.labels(event.type).inc()
+                published.append(_Position(placed.channel, placed.offset, placed.epoch))
+
+        try:
+            # shielded: a client that hangs up must not leave the batch half published
+            await asyncio.shield(publish_all())
+        except EngineUnavailable as exc:
+            return json_error(503, exc.code, exc.message, published=len(published))
+        return json_response({"publications": published})
+
+    async def authorized(request: web.Request, execution_id: str) -> web.Response | None:
+        """None when the request may see the execution, else the error response."""
+        if has_api_key(request):
+            return None
+        try:
+            identity = authenticate(request, node, handshake, query_params(request))
+            await node.authorize_execution(identity, execution_id)
+        except ProtocolError as exc:
+            return error_response(exc)
+        return None
+
+    async def snapshot(request: web.Request) -> web.Response:
+        execution_id = request.match_info["execution_id"]
+        refused = await authorized(request, execution_id)
+        if refused is not None:
+            return refused
+        try:
+            taken = await node.executions.snapshot(execution_id)
+        except ProtocolError as exc:
+            return error_response(exc)
+        if taken is None:
+            return json_error(404, ErrorCode.EXECUTION_NOT_FOUND, f"no execution {execution_id!r}")
+        state, position = taken
+        return json_response(
+            {"channel": f"execution:{execution_id}", "epoch": position.epoch}
+            | {"offset": position.offset, "snapshot": state}
+        )
+
+    async def output(request: web.Request) -> web.StreamResponse:
+        execution_id = request.match_info["execution_id"]
+        node_name = request.match_info["node_name"]
+        refused = await authorized(request, execution_id)
+        if refused is not None:
+            return refused
+        wanted = request.query.get("executionIndex")
+        if wanted is not None and not wanted.isdigit():
+            return json_error(400, ErrorCode.BAD_REQUEST, "executionIndex must be a number")
+        store = node.executions.store
+        try:
+            recorded = await store.state(execution_id)
+            entry = _find_output(recorded.fields if recorded else {}, node_name, wanted)
+            if entry is None:
+                return _not_found(execution_id, node_name)
+            index, described = entry
+            if "inline" in described:
+                inline = msgspec.json.encode(described["inline"])
+                return web.Response(body=inline, content_type="application/json")
+            size = await store.output_size(execution_id, index)
+            if size is None:
+                return _not_found(execution_id, node_name)
+            response = web.StreamResponse(headers={"Content-Type": "application/json"})
+            response.content_length = size
+            await response.prepare(request)
+            for start in range(0, size, READ_BYTES):
+                data = await store.read_output(execution_id, index, start, start + READ_BYTES)
+                if not data:
+                    break  # expired while being read: the short body tells the client
+                await response.write(data)
+            await response.write_eof()
+            return response
+        except ProtocolError as exc:
+            return error_response(exc)
+
+    app.router.add_post("/api/v1/executions/events", publish_events)
+    app.router.add_get("/api/v1/executions/{execution_id}", snapshot)
+    app.router.add_get("/api/v1/executions/{execution_id}/nodes/{node_name}/output", output)
+
+
+def _find_output(
+    fields: dict[str, bytes], node_name: str, wanted: str | None
+) -> tuple[str, dict[str, Any]] | None:
+    """(executionIndex, output description) of a node's run: the one asked for, or the
+    latest."""
+    best: tuple[int, dict[str, Any]] | None = None
+    for field, value in fields.items():
+        if not field.startswith("d:"):
+            continue
+        index = int(field[2:])
+        if wanted is not None and index != int(wanted):
+            continue
+        described = msgspec.json.decode(value)
+        if described.get("nodeName") != node_name:
+            continue
+        if best is None or index > best[0]:
+            best = (index, described)
+    return None if best is None else (str(best[0]), best[1])
+
+
+def _not_found(execution_id: str, node_name: str) -> web.Response:
+    return json_error(
+        404,
+        ErrorCode.OUTPUT_NOT_FOUND,
+        f"no stored output of node {node_name!r} in execution {execution_id!r} "
+        "(unknown, or its retention expired)",
+    )

@@ -196,6 +196,25 @@ def test_assembler_counts_utf8_bytes_not_characters() -> None:
     assert isinstance(released[0], Assembly) and released[0].error is None
 
 
+def test_assembler_reports_the_servers_error_chunk() -> None:
+    assembler: OutputAssembler[str] = OutputAssembler()
+    marker, chunks = chunked(5)
+    begin(assembler, marker)
+    assembler.hold(CHANNEL, "pub 6")
+    assert assembler.feed(chunks[0]["data"]) == []
+    stop = {
+        **chunks[1]["data"],
+        "final": True,
+        "text": "",
+        "error": {"code": "output_not_found", "message": "the output is no longer stored"},
+    }
+    released = assembler.feed(stop)
+    assert len(released) == 2 and isinstance(released[0], Assembly)
+    assert released[0].error is not None
+    assert released[0].error[0] == "output_not_found"
+    assert "no longer stored" in released[0].error[1]
+
+
 def test_assembler_refuses_invalid_json() -> None:
     assembler: OutputAssembler[str] = OutputAssembler()
     marker, chunks = chunked(5)

@@ -176,6 +176,15 @@ class OutputAssembler(Generic[T]):
 
     def _take(self, assembly: Assembly, chunk: Mapping[str, Any]) -> None:
         where = f"output {assembly.output_id} at {assembly.channel}@{assembly.offset}"
+        error = chunk.get("error")
+        if isinstance(error, Mapping):
+            # the server could not send the rest (e.g. the output expired): its code
+            code = error.get("code")
+            assembly.fail(
+                code if isinstance(code, str) and code else OUTPUT_INVALID_CHUNK,
+                f"{where}: the server stopped sending it: {error.get('message', '')}",
+            )
+            return
         index = _int(chunk.get("index"))
         if index != assembly.next_index:
             assembly.fail(

@@ -14,6 +14,11 @@ is in docs/protocol.md, for publishers in other languages).
 Use the same `prefix`, `history_size` and `history_ttl` as the servers (the defaults match).
 Errors: invalid input raises `ProtocolError` (with the same codes as the HTTP API); Redis being
 unreachable raises `EngineUnavailable` (nothing was published; retry).
+
+Execution events take the execution path (docs/protocol.md, "Executions"): use
+`publish_execution`, or the helpers of `livepush.execution.Execution` with a publisher as the
+sink. `HttpPublisher` does the same through a server's HTTP API, for processes that cannot
+reach Redis.
 """
 
 from __future__ import annotations
@@ -22,11 +27,16 @@ from collections.abc import Iterable
 from types import TracebackType
 from typing import Any
 
-from livepush.engines.redis import RedisStreams
+import aiohttp
+import msgspec
+
+from livepush.engines.redis import RedisExecutions, RedisStreams
+from livepush.execution.relay import ExecutionRelay, ExecutionSettings
 from livepush.protocol.channels import SYSTEM, push_channel, user_channel
 from livepush.protocol.envelope import Priority, Publication, new_publication
+from livepush.protocol.errors import ErrorCode, ProtocolError
 
-__all__ = ["Publisher"]
+__all__ = ["HttpPublisher", "PublishFailed", "Publisher"]
 
 
 class Publisher:
@@ -41,6 +51,7 @@ class Publisher:
         history_size: int = 1000,
         history_ttl: float = 300.0,
         max_publish_bytes: int = 16 * 1024 * 1024,
+        execution: ExecutionSettings | None = None,
     ) -> None:
         self._streams = RedisStreams(
             redis_url,
@@ -51,6 +62,9 @@ class Publisher:
         )
         self._max_bytes = max_publish_bytes
         self._started = False
+        self._executions = ExecutionRelay(
+            RedisExecutions(self._streams), execution or ExecutionSettings()
+        )
 
     async def start(self) -> None:
         """Connect to Redis (raises `EngineUnavailable` if it cannot)."""
@@ -97,6 +111,23 @@ class Publisher:
         )
         return await self._streams.publish(publication)
 
+    async def publish_execution(
+        self,
+        event_type: str,
+        data: dict[str, Any] | bytes,
+        *,
+        push_ref: str | None = None,
+        workflow_id: str | None = None,
+    ) -> Publication:
+        """Publish one execution event to `execution:<id>`, recorded in its state and
+        followed by the tab `push_ref` and the watchers of `workflow_id` (see
+        `Node.publish_execution`). Use the servers' execution settings (the defaults match)."""
+        if not self._started:
+            await self.start()
+        return await self._executions.publish(
+            event_type, data, push_ref=push_ref, workflow_id=workflow_id
+        )
+
     async def to_push_ref(
         self, push_ref: str, message_type: str, data: dict[str, Any] | bytes
     ) -> Publication:
@@ -112,3 +143,107 @@ class Publisher:
     async def broadcast(self, message_type: str, data: dict[str, Any] | bytes) -> Publication:
         """To every connection of the cluster (n8n's `broadcast`)."""
         return await self.publish(SYSTEM, message_type, data)
+
+
+class PublishFailed(ProtocolError):
+    """The server refused a publish (its error code and message), or could not be reached
+    (`engine_unavailable` with the connection error)."""
+
+    def __init__(self, code: ErrorCode, message: str, status: int) -> None:
+        super().__init__(code, message)
+        self.status = status
+
+
+class HttpPublisher:
+    """Publishes through a server's HTTP API (`/api/v1/publish`, `/api/v1/executions/events`)
+    with the API key.
+
+        async with HttpPublisher("http://127.0.0.1:8080", api_key) as publisher:
+            await publisher.publish("workflow:42", "workflowUpdated", {"workflowId": "42"})
+            execution = Execution(publisher, "1", "42", push_ref="abc")
+    """
+
+    def __init__(self, url: str, api_key: str, *, timeout: float = 60.0) -> None:
+        self.url = url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {api_key}"}
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._http: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        """Open the HTTP session."""
+        if self._http is None:
+            self._http = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
+
+    async def close(self) -> None:
+        """Close the HTTP session."""
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    async def __aenter__(self) -> HttpPublisher:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _post(self, path: str, body: dict[str, Any]) -> Any:
+        await self.start()
+        assert self._http is not None
+        try:
+            async with self._http.post(
+                self.url + path,
+                data=msgspec.json.encode(body),
+                headers={"Content-Type": "application/json"},
+            ) as response:
+                raw = await response.read()
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise PublishFailed(
+                ErrorCode.ENGINE_UNAVAILABLE, f"{self.url} unreachable: {exc!r}", 0
+            ) from exc
+        try:
+            reply = msgspec.json.decode(raw)
+        except msgspec.DecodeError:
+            reply = None
+        if status != 200:
+            error = reply.get("error", {}) if isinstance(reply, dict) else {}
+            try:
+                code = ErrorCode(str(error.get("code")))
+            except ValueError:
+                code = ErrorCode.INTERNAL_ERROR
+            raise PublishFailed(code, str(error.get("message", raw[:200])), status)
+        return reply
+
+    async def publish(
+        self, channel: str, message_type: str, data: dict[str, Any], **extra: Any
+    ) -> dict[str, Any]:
+        """`POST /api/v1/publish` to one channel; returns `{"channel", "offset", "epoch"}`."""
+        body = {"type": message_type, "data": data, "channel": channel} | extra
+        reply = await self._post("/api/v1/publish", body)
+        return dict(reply["publications"][0])
+
+    async def publish_execution(
+        self,
+        event_type: str,
+        data: dict[str, Any] | bytes,
+        *,
+        push_ref: str | None = None,
+        workflow_id: str | None = None,
+    ) -> dict[str, Any]:
+        """`POST /api/v1/executions/events` with one event; returns its position."""
+        body: dict[str, Any] = {
+            "type": event_type,
+            "data": msgspec.Raw(data) if isinstance(data, bytes) else data,
+        }
+        if push_ref is not None:
+            body["pushRef"] = push_ref
+        if workflow_id is not None:
+            body["workflowId"] = workflow_id
+        reply = await self._post("/api/v1/executions/events", body)
+        return dict(reply["publications"][0])

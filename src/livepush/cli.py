@@ -1,4 +1,4 @@
-"""`livepush serve` and `livepush token`."""
+"""`livepush serve`, `livepush token` and `livepush demo`."""
 
 from __future__ import annotations
 
@@ -96,6 +96,77 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run simulated n8n executions against a server; 0 once they have all finished."""
+    import asyncio
+
+    from livepush.execution.demo import DemoOptions, parse_range, run_demo
+    from livepush.protocol.channels import parse_channel, validate_push_ref
+    from livepush.protocol.errors import ProtocolError
+    from livepush.publisher import PublishFailed
+
+    try:
+        validate_push_ref(args.push_ref)
+        parse_channel(f"workflow:{args.workflow_id}")
+        delay_ms, wait_ms = parse_range(args.delay_ms), parse_range(args.wait_ms)
+        for name in ("nodes", "executions"):
+            if getattr(args, name) < 1:
+                raise ValueError(f"--{name} must be at least 1")
+        if args.item_bytes < 0 or (args.concurrency is not None and args.concurrency < 1):
+            raise ValueError("--item-bytes must be >= 0 and --concurrency >= 1")
+        for name in ("error_rate", "wait_rate", "subworkflow_rate"):
+            if not 0 <= getattr(args, name) <= 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be between 0 and 1")
+    except (ValueError, ProtocolError) as exc:
+        print(f"livepush demo: {exc}", file=sys.stderr)
+        return 2
+    api_key = args.api_key or os.environ.get("LIVEPUSH_API_KEY")
+    if not api_key:
+        print("livepush demo: no API key; pass --api-key or set LIVEPUSH_API_KEY", file=sys.stderr)
+        return 2
+    options = DemoOptions(
+        url=args.url,
+        api_key=api_key,
+        push_ref=args.push_ref,
+        workflow_id=args.workflow_id,
+        nodes=args.nodes,
+        executions=args.executions,
+        item_bytes=args.item_bytes,
+        delay_ms=delay_ms,
+        wait_ms=wait_ms,
+        error_rate=args.error_rate,
+        wait_rate=args.wait_rate,
+        subworkflow_rate=args.subworkflow_rate,
+        concurrency=args.concurrency,
+        seed=args.seed,
+        execution_prefix=args.execution_prefix,
+        stamp=args.timestamps,
+    )
+    try:
+        report = asyncio.run(run_demo(options))
+    except PublishFailed as exc:
+        if exc.status == 0:
+            print(f"livepush demo: cannot reach the server: {exc.message}", file=sys.stderr)
+        else:
+            print(
+                f"livepush demo: the server refused the events: {exc.code} "
+                f"(HTTP {exc.status}): {exc.message}",
+                file=sys.stderr,
+            )
+        return 1
+    except ProtocolError as exc:  # an event the server's rules refuse, caught client-side
+        print(f"livepush demo: {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    if args.verbose:
+        for execution_id in report.execution_ids:
+            count = report.events_per_execution.get(execution_id, 0)
+            print(f"{execution_id}: {count} events", file=sys.stderr)
+    print(report.summary())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     parser = argparse.ArgumentParser(
@@ -124,6 +195,72 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--secret", help="HS256 secret (default: LIVEPUSH_JWT_SECRET)")
     token.add_argument("--config", help="TOML file (for secret, audience and issuer)")
     token.set_defaults(func=cmd_token)
+
+    demo = commands.add_parser(
+        "demo",
+        help="run simulated n8n executions against a server",
+        description="A simulated workflow engine: runs n8n-like executions (executionStarted, "
+        "nodeExecuteBefore / nodeExecuteAfter / nodeExecuteAfterData per node, "
+        "executionFinished; some node errors, waits and sub-workflows) through a server's "
+        "HTTP API, as if the tab PUSH_REF had started them on workflow WORKFLOW_ID. Exits "
+        "when they have all finished and prints a summary.",
+    )
+    demo.add_argument("--url", required=True, help="the server, e.g. http://127.0.0.1:5678")
+    demo.add_argument("--api-key", help="the server's API key (default: LIVEPUSH_API_KEY)")
+    demo.add_argument("--push-ref", required=True, help="pushRef of the tab that starts them")
+    demo.add_argument("--workflow-id", required=True, help="the workflow they belong to")
+    demo.add_argument("--nodes", type=int, default=8, help="nodes per execution (default 8)")
+    demo.add_argument("--executions", type=int, default=1, help="executions (default 1)")
+    demo.add_argument(
+        "--item-bytes",
+        type=int,
+        default=1024,
+        help="size of each node's output items, in bytes of JSON (default 1024)",
+    )
+    demo.add_argument(
+        "--delay-ms",
+        default="20-50",
+        help="how long a node runs, MIN-MAX or one value in ms (default 20-50; 0: no delay)",
+    )
+    demo.add_argument(
+        "--wait-ms", default="200-500", help="how long a Wait node waits (default 200-500)"
+    )
+    demo.add_argument(
+        "--error-rate",
+        type=float,
+        default=0.1,
+        help="fraction of executions in which a node fails (default 0.1)",
+    )
+    demo.add_argument(
+        "--wait-rate",
+        type=float,
+        default=0.1,
+        help="fraction of executions with a Wait node (default 0.1)",
+    )
+    demo.add_argument(
+        "--subworkflow-rate",
+        type=float,
+        default=0.1,
+        help="fraction of executions with an Execute Workflow node (default 0.1)",
+    )
+    demo.add_argument(
+        "--concurrency", type=int, help="executions running at once (default: all of them)"
+    )
+    demo.add_argument("--seed", type=int, help="same executions on every run with this seed")
+    demo.add_argument(
+        "--execution-prefix",
+        help="execution ids are PREFIX1, PREFIX2... (default: demo-<random>-)",
+    )
+    demo.add_argument(
+        "--timestamps",
+        action="store_true",
+        help="add sentAtNs (time.time_ns() when sent) to every event's data, for latency "
+        "measurements (n8n ignores unknown fields)",
+    )
+    demo.add_argument(
+        "-v", "--verbose", action="store_true", help="list the executions and their events"
+    )
+    demo.set_defaults(func=cmd_demo)
     return parser
 
 

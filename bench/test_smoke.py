@@ -52,3 +52,38 @@ def test_quick_run(tmp_path: Path) -> None:
         assert m["still_open"] == 500, m
         assert m["kb_per_conn"] is not None
     assert "| server |" in res["markdown"]
+
+
+@pytest.mark.timeout(300)
+def test_executions_quick_run(tmp_path: Path) -> None:
+    """``bench/executions.py --quick``: 2 workflows x 20 watchers, 6 executions at once, on the
+    memory engine and (when Redis runs) the Redis engine; every watcher must get every event
+    of every execution of its workflow, in order (the harness checks it and exits 1 if not)."""
+    import socket
+
+    engines = ["memory"]
+    try:
+        socket.create_connection(("127.0.0.1", 6379), timeout=1).close()
+        engines.append("redis")
+    except OSError:
+        if os.environ.get("CI") == "true":
+            pytest.fail("no Redis on 127.0.0.1:6379 (CI must start one)")
+    out = tmp_path / "executions.json"
+    cmd = [sys.executable, str(BENCH / "executions.py"), "--quick", "--engines", ",".join(engines)]
+    if shutil.which("taskset") is None:
+        cmd.append("--no-pin")
+    proc = subprocess.run(
+        [*cmd, "--out", str(out)], capture_output=True, text=True, timeout=240, check=False
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    res = json.loads(out.read_text())
+    assert [r["engine"] for r in res["runs"]] == engines
+    for run in res["runs"]:
+        assert run["connected"] == 40, run
+        for phase in ("saturation", "latency"):
+            p = run[phase]
+            assert p["complete"], p
+            assert p["deliveries"] == p["deliveries_expected"] == p["events_published"] * 20
+            assert p["notices"] == p["unsubscribed"] == 6 * 20
+            assert p["lat_p99_ms"] >= p["lat_p50_ms"] > 0
+    assert "| memory |" in res["markdown"]

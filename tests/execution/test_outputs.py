@@ -84,9 +84,9 @@ async def test_a_50_mb_output_arrives_intact_while_other_executions_keep_flowing
 
 
 async def test_a_slow_reader_costs_the_server_one_chunk_at_a_time(
-    server_factory: Any, http: aiohttp.ClientSession
+    server_factory: Any, engine: dict[str, str], http: aiohttp.ClientSession
 ) -> None:
-    server = await server_factory(output_chunk_bytes=64 * 1024)
+    server = await server_factory(output_chunk_bytes=64 * 1024, **engine)
     ws = await http.ws_connect(
         server.push_url("slow", server.token(), channels="workflow:1"), max_msg_size=0
     )
@@ -121,9 +121,11 @@ async def test_a_slow_reader_costs_the_server_one_chunk_at_a_time(
 
 
 async def test_outputs_over_the_push_limit_are_sent_by_reference_and_fetched_over_http(
-    server_factory: Any, http: aiohttp.ClientSession
+    server_factory: Any, engine: dict[str, str], http: aiohttp.ClientSession
 ) -> None:
-    server = await server_factory(output_inline_bytes=64 * 1024, output_push_limit=1024 * 1024)
+    server = await server_factory(
+        output_inline_bytes=64 * 1024, output_push_limit=1024 * 1024, **engine
+    )
     tab = await Watcher.open(http, server, "editor", server.token())
     execution = Execution(server.node, "203", "1", push_ref="editor")
     await execution.started()
@@ -160,10 +162,13 @@ async def test_outputs_over_the_push_limit_are_sent_by_reference_and_fetched_ove
 
 
 async def test_outputs_over_the_maximum_are_refused_to_the_publisher(
-    server_factory: Any, http: aiohttp.ClientSession
+    server_factory: Any, engine: dict[str, str], http: aiohttp.ClientSession
 ) -> None:
     server = await server_factory(
-        output_inline_bytes=64 * 1024, output_push_limit=512 * 1024, output_max_bytes=1024 * 1024
+        output_inline_bytes=64 * 1024,
+        output_push_limit=512 * 1024,
+        output_max_bytes=1024 * 1024,
+        **engine,
     )
     execution = Execution(server.node, "204", "1")
     await execution.started()

@@ -109,6 +109,10 @@ class _Joined:
         """Where the client stands once the missed publications are out."""
         return StreamPosition(self.position.epoch, self.after_offset)
 
+    def release(self, session: Session) -> list[Publication]:
+        """Hand the session what it missed and what was held meanwhile."""
+        return session.release(self.channel, self.missed, self.after_offset, self.position.epoch)
+
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {
             "channel": self.channel,
@@ -310,7 +314,7 @@ class Node:
             message = {"channel": channel, "epoch": position.epoch, "offset": position.offset}
             session.send_control(control_message("channelReset", message))
         session.mark({channel: joined.start})
-        self._observe_all(session, session.release(channel, joined.missed, joined.after_offset))
+        self._observe_all(session, joined.release(session))
 
     async def _unfollow(self, session: Session, channel: str) -> None:
         """End a followed subscription after its execution finished."""
@@ -333,21 +337,27 @@ class Node:
         )
 
     async def authorize_execution(
-        self, identity: Identity, execution_id: str, *, watching: Iterable[str] = ()
-    ) -> str:
-        """Whether a user may see an execution: if they may subscribe to
-        `execution:<id>`, or to the workflow it belongs to (or already watch it). Returns
-        the execution's channel; raises `forbidden`."""
-        channel = f"execution:{execution_id}"
-        parse_channel(channel)
+        self,
+        identity: Identity,
+        execution_id: str,
+        *,
+        watching: Iterable[str] = (),
+        push_ref: str | None = None,
+    ) -> bool:
+        """Whether a user may see an execution: if they may subscribe to `execution:<id>`
+        (True), or follow it (False): they may see (or already watch) its workflow, or their
+        tab `push_ref` started it. Raises `forbidden` otherwise."""
+        parse_channel(f"execution:{execution_id}")
         if await self.policy.can_subscribe(identity, "execution", execution_id):
-            return channel
-        workflow = await self.executions.workflow_of(execution_id)
+            return True
+        workflow, starter = await self.executions.owners(execution_id)
+        if push_ref is not None and push_ref == starter:
+            return False
         if workflow is not None and (
             f"workflow:{workflow}" in watching
             or await self.policy.can_subscribe(identity, "workflow", workflow)
         ):
-            return channel
+            return False
         raise ProtocolError(ErrorCode.FORBIDDEN, f"not allowed to see execution {execution_id!r}")
 
     async def execution_snapshot(
@@ -355,8 +365,9 @@ class Node:
     ) -> None:
         """Reply with an execution's snapshot and subscribe the session to its stream from
         there (docs/protocol.md, "Catch-up")."""
-        channel = await self.authorize_execution(
-            session.identity, execution_id, watching=session.channels
+        channel = f"execution:{execution_id}"
+        await self.authorize_execution(
+            session.identity, execution_id, watching=session.channels, push_ref=session.push_ref
         )
         taken = await self.executions.snapshot(execution_id)
         if taken is None:
@@ -377,7 +388,7 @@ class Node:
                 snapshot, position = taken
         reply(_snapshot_reply(execution_id, channel, position, snapshot, False, request_id))
         session.mark({channel: joined.start})
-        self._observe_all(session, session.release(channel, joined.missed, joined.after_offset))
+        self._observe_all(session, joined.release(session))
 
     async def _join_checked_limit(
         self, session: Session, channel: str, since: StreamPosition | None
@@ -485,7 +496,7 @@ class Node:
         session.send_control(control_message("connected", greeting))
         session.mark({j.channel: j.start for j in joined})
         for j in joined:
-            self._observe_all(session, session.release(j.channel, j.missed, j.after_offset))
+            self._observe_all(session, j.release(session))
         return session
 
     async def close_session(self, session: Session) -> None:
@@ -519,17 +530,26 @@ class Node:
 
     # -- subscriptions -----------------------------------------------------------------------
 
-    async def _authorize(self, session: Session, channel: str) -> None:
+    async def _authorize(self, session: Session, channel: str) -> bool:
+        """Raise `forbidden` unless the session may subscribe; True when it may only follow
+        (an execution of a workflow it may see, or that its tab started: such subscriptions
+        end with the execution)."""
         kind, ident = parse_channel(channel)
         identity = session.identity
         if kind == "push":
             allowed = ident == session.push_ref
         elif kind == "user":
             allowed = ident == identity.user_id or identity.grants.admin
+        elif kind == "execution":
+            direct = await self.authorize_execution(
+                identity, ident, watching=session.channels, push_ref=session.push_ref
+            )
+            return not direct
         else:
             allowed = await self.policy.can_subscribe(identity, kind, ident)
         if not allowed:
             raise ProtocolError(ErrorCode.FORBIDDEN, f"not allowed to subscribe to {channel!r}")
+        return False
 
     async def _join_checked(
         self, session: Session, channel: str, since: StreamPosition | None
@@ -540,8 +560,13 @@ class Node:
                 ErrorCode.TOO_MANY_SUBSCRIPTIONS,
                 f"at most {self.limits.max_subscriptions} subscriptions per connection",
             )
-        await self._authorize(session, channel)
-        return await self._join(session, channel, since)
+        follow = await self._authorize(session, channel)
+        joined = await self._join(session, channel, since)
+        if follow:
+            if session.follows is None:
+                session.follows = set()
+            session.follows.add(channel)
+        return joined
 
     async def _join(
         self, session: Session, channel: str, since: StreamPosition | None, *, own: bool = False
@@ -616,7 +641,7 @@ class Node:
         joined = await self._join_checked(session, channel, since)
         reply(control_message("reply", joined.describe(), request_id))
         session.mark({channel: joined.start})
-        self._observe_all(session, session.release(channel, joined.missed, joined.after_offset))
+        self._observe_all(session, joined.release(session))
 
     async def unsubscribe(self, session: Session, channel: str) -> bool:
         """Remove a subscription; False when the session was not subscribed."""

@@ -118,6 +118,7 @@ class Session:
 
     __slots__ = (
         "_closing",
+        "_floors",
         "_flusher",
         "_keyed",
         "_pending",
@@ -171,6 +172,11 @@ class Session:
         self._keyed: dict[tuple[str, str], _Item] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._recovering: dict[str, list[Publication]] | None = None
+        #: Per channel just released: the position the client stands at. A broker may hand
+        #: over live publications later than the history read that already delivered them
+        #: (Redis: the stream is read before the pub/sub message arrives); these are dropped
+        #: until the first newer one.
+        self._floors: dict[str, StreamPosition] | None = None
         self._closing = False
         #: Channels the server subscribed this connection to (executions it follows), ended
         #: by the server; created on first use.
@@ -196,6 +202,8 @@ class Session:
         recovering = self._recovering
         if recovering is not None and publication.channel in recovering:
             recovering[publication.channel].append(publication)
+            return False
+        if self._floors is not None and self._below_floor(publication):
             return False
         pending = self._pending
         if pending is None:
@@ -402,15 +410,33 @@ class Session:
             if not self._recovering:
                 self._recovering = None
 
+    def _below_floor(self, publication: Publication) -> bool:
+        floors = self._floors
+        assert floors is not None
+        floor = floors.get(publication.channel)
+        if floor is None or publication.offset is None:
+            return False
+        if publication.epoch == floor.epoch and publication.offset <= floor.offset:
+            return True  # already delivered from the history
+        del floors[publication.channel]
+        if not floors:
+            self._floors = None
+        return False
+
     def holding(self, channel: str) -> bool:
         """Whether live publications of the channel are held (its missed ones are awaited)."""
         return self._recovering is not None and channel in self._recovering
 
     def release(
-        self, channel: str, missed: list[Publication], after_offset: int | None
+        self,
+        channel: str,
+        missed: list[Publication],
+        after_offset: int | None,
+        position_epoch: str | None = None,
     ) -> list[Publication]:
         """Deliver a channel's missed publications, then the held live ones not among them;
-        returns what was delivered."""
+        returns what was delivered. With the stream's epoch, later live publications up to
+        the newest delivered offset are dropped (see `_floors`)."""
         held: list[Publication] = []
         if self._recovering is not None:
             held = self._recovering.pop(channel, [])
@@ -425,6 +451,11 @@ class Session:
             if publication.offset is None or last is None or publication.offset > last:
                 self.stage(publication)
                 delivered.append(publication)
+                last = publication.offset if publication.offset is not None else last
+        if last is not None and position_epoch is not None:
+            if self._floors is None:
+                self._floors = {}
+            self._floors[channel] = StreamPosition(position_epoch, last)
         self.flush()
         return delivered
 

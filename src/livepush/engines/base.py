@@ -204,6 +204,10 @@ class ExecutionStore(ABC):
         """The execution's state, or None when it is unknown or expired."""
 
     @abstractmethod
+    async def fields(self, execution_id: str, names: Sequence[str]) -> dict[str, bytes]:
+        """Some fields of the execution's state (the ones it has)."""
+
+    @abstractmethod
     async def put_output(self, execution_id: str, name: str, data: bytes, ttl: float) -> None:
         """Store a node output for `ttl` seconds."""
 

@@ -253,6 +253,13 @@ class MemoryExecutions(ExecutionStore):
             return None
         return ExecutionState(dict(state.fields), state.position)
 
+    async def fields(self, execution_id: str, names: Sequence[str]) -> dict[str, bytes]:
+        """See `ExecutionStore.fields`."""
+        state = self._states.get(execution_id)
+        if state is None or state.expires <= time.monotonic():
+            return {}
+        return {name: state.fields[name] for name in names if name in state.fields}
+
     async def put_output(self, execution_id: str, name: str, data: bytes, ttl: float) -> None:
         """See `ExecutionStore.put_output`."""
         key = (execution_id, name)

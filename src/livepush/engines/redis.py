@@ -984,6 +984,13 @@ class RedisExecutions(ExecutionStore):
         epoch, offset = fields.pop("e", b"").decode(), int(fields.pop("o", b"0"))
         return ExecutionState(fields, StreamPosition(epoch, offset))
 
+    async def fields(self, execution_id: str, names: Sequence[str]) -> dict[str, bytes]:
+        """See `ExecutionStore.fields`."""
+        streams = self._streams
+        async with streams._call():
+            values = await streams.redis.hmget(streams.keys.execution(execution_id), list(names))
+        return {n: bytes(v) for n, v in zip(names, values, strict=True) if v is not None}
+
     async def put_output(self, execution_id: str, name: str, data: bytes, ttl: float) -> None:
         """See `ExecutionStore.put_output`."""
         streams = self._streams

@@ -180,7 +180,12 @@ class ExecutionRelay:
                     }
                 )
         fields, delete = execution_state.fields_for(
-            event.type, event.payload, event.data, workflow_id=event.workflow_id, output=output
+            event.type,
+            event.payload,
+            event.data,
+            workflow_id=event.workflow_id,
+            push_ref=event.push_ref,
+            output=output,
         )
         placed = await self.store.publish(
             Publication(channel, message_type, data),
@@ -224,10 +229,12 @@ class ExecutionRelay:
             return None
         return execution_state.snapshot(execution_id, recorded), recorded.position
 
-    async def workflow_of(self, execution_id: str) -> str | None:
-        """The workflow an execution belongs to (for authorization), if recorded."""
-        recorded = await self.store.state(execution_id)
-        if recorded is None:
-            return None
-        workflow = recorded.fields.get("W")
-        return workflow.decode() if workflow else None
+    async def owners(self, execution_id: str) -> tuple[str | None, str | None]:
+        """(workflow id, pushRef of the tab that started it) of an execution, as recorded
+        (for authorization)."""
+        found = await self.store.fields(execution_id, ("W", "P"))
+        workflow, push_ref = found.get("W"), found.get("P")
+        return (
+            workflow.decode() if workflow else None,
+            push_ref.decode() if push_ref else None,
+        )

@@ -8,6 +8,7 @@ stream position stored with it:
 | field | written by | value |
 |---|---|---|
 | `W` | any event that names the workflow | the workflow id |
+| `P` | any event that names the tab that started the run | its pushRef |
 | `x` | `executionStarted` | its data |
 | `w` | `executionWaiting` (deleted by the next node start or a finish) | its data |
 | `t` | `executionFinished` | its data |
@@ -42,6 +43,7 @@ def fields_for(
     data: bytes,
     *,
     workflow_id: str | None = None,
+    push_ref: str | None = None,
     output: dict[str, Any] | None = None,
 ) -> tuple[Fields, list[str]]:
     """The state fields an event sets, and the ones it deletes. `output` describes a
@@ -50,6 +52,8 @@ def fields_for(
     delete: list[str] = []
     if workflow_id:
         fields.append(("W", workflow_id.encode()))
+    if push_ref:
+        fields.append(("P", push_ref.encode()))
     if event_type == "executionStarted":
         fields.append(("x", data))
         delete.append("w")

@@ -79,6 +79,52 @@ def openapi_document(rest_prefix: str) -> dict[str, Any]:
                     },
                 }
             },
+            "/api/v1/executions/events": {
+                "post": {
+                    "summary": "Publish execution events (n8n's shapes), one or a batch",
+                    "description": "Body: {type, data, pushRef?, workflowId?} or {events: "
+                    "[...]}. Each event goes to execution:<id>, is recorded in the execution's "
+                    "state and is followed by the tab pushRef and the workflow's watchers "
+                    "(docs/protocol.md, Executions). Validated whole before anything is "
+                    "published.",
+                    "security": [{"apiKey": []}],
+                    "responses": {
+                        "200": {"description": "{publications: [{channel, offset, epoch}]}"},
+                        "400": error,
+                        "401": error,
+                        "413": error,
+                        "503": error,
+                    },
+                }
+            },
+            "/api/v1/executions/{executionId}": {
+                "get": {
+                    "summary": "An execution's snapshot and the stream position it reflects",
+                    "description": "API key, or a user token allowed to see the execution "
+                    "(its channel or its workflow).",
+                    "security": [{"apiKey": []}],
+                    "responses": {
+                        "200": {"description": "{channel, epoch, offset, snapshot}"},
+                        "401": error,
+                        "403": error,
+                        "404": error,
+                    },
+                }
+            },
+            "/api/v1/executions/{executionId}/nodes/{nodeName}/output": {
+                "get": {
+                    "summary": "A node's stored output (the nodeExecuteAfterData data)",
+                    "description": "Optional query executionIndex (default: the node's "
+                    "latest run). Authorized like the snapshot.",
+                    "security": [{"apiKey": []}],
+                    "responses": {
+                        "200": {"description": "the output's JSON"},
+                        "401": error,
+                        "403": error,
+                        "404": error,
+                    },
+                }
+            },
             "/healthz": {
                 "get": {
                     "summary": "Process is alive",

@@ -97,9 +97,14 @@ async def test_recorded_execution_stream_type_checks_against_n8n(
         server.push_url("editor", server.token(executions=["1"]), channels="execution:1")
     )
     assert (await receive_json(ws))["type"] == "connected"
+    # without sequenceNumber: livepush numbers node events itself (n8n's types require it)
     body = {
         "messages": [
-            {"type": event, "data": data, "channel": "execution:1"}
+            {
+                "type": event,
+                "data": {k: v for k, v in data.items() if k != "sequenceNumber"},
+                "channel": "execution:1",
+            }
             for event, data in SAMPLES.items()
         ]
     }
@@ -108,6 +113,8 @@ async def test_recorded_execution_stream_type_checks_against_n8n(
     frames = [await receive_json(ws) for _ in SAMPLES]
     await ws.close()
     assert [f["type"] for f in frames] == list(SAMPLES)
+    numbered = [f for f in frames if f["type"] in ("nodeExecuteBefore", "nodeExecuteAfter")]
+    assert [f["data"]["sequenceNumber"] for f in numbered] == [f["offset"] for f in numbered]
 
     returncode, output = await _type_check(tsc, frames)
     assert returncode == 0, output

@@ -96,6 +96,22 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.output_transfers = Gauge(
+            "livepush_output_transfers",
+            "Connections receiving a chunked node output right now",
+            registry=r,
+        )
+        self.output_chunks = Counter(
+            "livepush_output_chunks",
+            "Chunks of large node outputs sent, and their bytes",
+            ["unit"],
+            registry=r,
+        )
+        self.follows = Counter(
+            "livepush_execution_follows",
+            "Subscriptions to executions started by the server (followers of a tab or workflow)",
+            registry=r,
+        )
         self._out_by_type: dict[str, tuple[Any, Any]] = {}
         self._drops_by_reason: dict[str, Any] = {}
 

@@ -117,6 +117,8 @@ async def test_a_slow_reader_costs_the_server_one_chunk_at_a_time(
             elif frame["type"] == "executionOutput":
                 marker = frame
     assert len(reassemble(chunks).encode()) == marker["data"]["bytes"]
+    exposition = server.node.metrics.render().decode()
+    assert f'livepush_output_chunks_total{{unit="chunks"}} {len(chunks)}.0' in exposition
     await ws.close()
 
 

@@ -152,7 +152,7 @@ class Node:
         self._drained = asyncio.Event()
         self.executions = ExecutionRelay(engine.executions, self.settings.execution)
         self.transfers = OutputTransfers(
-            engine.executions, chunk_bytes=self.settings.execution.chunk_bytes
+            engine.executions, chunk_bytes=self.settings.execution.chunk_bytes, metrics=self.metrics
         )
         self.hub.watched = _WATCHED
         self.hub.observer = self._observe
@@ -308,6 +308,7 @@ class Node:
         if session.follows is None:
             session.follows = set()
         session.follows.add(channel)
+        self.metrics.follows.inc()
         if joined.recovered is False:
             # more than the history holds: the client catches up with executionSnapshot
             position = joined.position

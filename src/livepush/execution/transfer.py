@@ -23,6 +23,7 @@ import msgspec
 
 from livepush.core.session import Session
 from livepush.engines.base import ExecutionStore
+from livepush.metrics import Metrics
 from livepush.protocol.envelope import Publication
 
 log = logging.getLogger(__name__)
@@ -65,9 +66,15 @@ class OutputTransfers:
     that has any."""
 
     def __init__(
-        self, store: ExecutionStore, *, chunk_bytes: int, cache_bytes: int = 32 * 1024 * 1024
+        self,
+        store: ExecutionStore,
+        *,
+        chunk_bytes: int,
+        metrics: Metrics | None = None,
+        cache_bytes: int = 32 * 1024 * 1024,
     ) -> None:
         self.store = store
+        self.metrics = metrics or Metrics()
         self.chunk_bytes = chunk_bytes
         self._cache: OrderedDict[tuple[str, int], _Chunk] = OrderedDict()
         self._cache_bytes = 0
@@ -90,6 +97,7 @@ class OutputTransfers:
         self._jobs.setdefault(session, deque()).append(job)
         if session not in self._tasks:
             self._tasks[session] = asyncio.get_running_loop().create_task(self._run(session))
+            self.metrics.output_transfers.inc()
 
     @property
     def active(self) -> int:
@@ -118,6 +126,7 @@ class OutputTransfers:
         finally:
             del self._jobs[session]
             del self._tasks[session]
+            self.metrics.output_transfers.dec()
 
     async def _transfer(self, session: Session, job: _Job) -> None:
         start = index = 0
@@ -129,6 +138,8 @@ class OutputTransfers:
             chunk = await self._chunk(job, index, start)
             session.send_control(chunk.frame)
             self.chunks_sent += 1
+            self.metrics.output_chunks.labels("chunks").inc()
+            self.metrics.output_chunks.labels("bytes").inc(len(chunk.frame))
             if chunk.end >= total or chunk.end <= start:
                 return
             start, index = chunk.end, index + 1

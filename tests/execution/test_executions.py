@@ -300,3 +300,27 @@ async def test_publishing_over_http_validates_before_anything_is_published(
     assert published == [{"channel": "execution:104", "offset": 1, "epoch": taken[1].epoch}]
     async with http.post(url, json=good, headers={"Authorization": "Bearer nope"}) as response:
         assert response.status == 401
+
+
+async def test_the_publish_api_checks_execution_events_before_publishing_a_batch(
+    server: RunningServer, http: aiohttp.ClientSession
+) -> None:
+    started = {
+        "type": "executionStarted",
+        "channel": "execution:105",
+        "data": {
+            "executionId": "105",
+            "mode": "manual",
+            "startedAt": "2026-11-25T10:00:00.000Z",
+            "workflowId": "1",
+            "flattedRunData": "[{}]",
+        },
+    }
+    broken = {"type": "executionFinished", "channel": "push:editor", "data": {"status": "x"}}
+    status, reply = await server.publish(http, {"messages": [started, broken]})
+    assert status == 400 and reply["error"]["code"] == "invalid_message"
+    assert reply["error"]["message"].startswith("messages[1]: ")
+    assert await server.node.executions.snapshot("105") is None
+    status, reply = await server.publish(http, {"messages": [started]})
+    assert status == 200 and reply["messages"][0]["publications"][0]["offset"] == 1
+    assert await server.node.executions.snapshot("105") is not None

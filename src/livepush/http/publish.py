@@ -15,6 +15,7 @@ from aiohttp import web
 
 from livepush.core.node import Node
 from livepush.engines.base import EngineUnavailable
+from livepush.execution.relay import ExecutionSettings, prepare
 from livepush.http.errors import json_error, json_response
 from livepush.protocol.channels import (
     SYSTEM,
@@ -25,6 +26,7 @@ from livepush.protocol.channels import (
 )
 from livepush.protocol.envelope import Priority, Publication, compact_raw_object, validate_type
 from livepush.protocol.errors import ErrorCode, ProtocolError
+from livepush.protocol.execution import EXECUTION_EVENTS, validate_event
 
 MAX_BATCH = 1000
 
@@ -164,7 +166,8 @@ class PublishHandler:
         try:
             messages, batch = _decode(body)
             plan = [
-                _plan(message, index if batch else None) for index, message in enumerate(messages)
+                _plan(message, index if batch else None, self._node.settings.execution)
+                for index, message in enumerate(messages)
             ]
         except ProtocolError as exc:
             return json_error(400, exc.code, exc.message)
@@ -194,7 +197,7 @@ class PublishHandler:
 _Planned = tuple[PublishMessage, list[str], bytes]
 
 
-def _plan(message: PublishMessage, index: int | None) -> _Planned:
+def _plan(message: PublishMessage, index: int | None, execution: ExecutionSettings) -> _Planned:
     """Validate before anything is published, so a bad batch publishes nothing."""
     where = "" if index is None else f"messages[{index}]: "
     try:
@@ -203,6 +206,10 @@ def _plan(message: PublishMessage, index: int | None) -> _Planned:
         data = compact_raw_object(bytes(message.data))
         for channel in channels:
             parse_channel(channel)
+            if message.type in EXECUTION_EVENTS and channel.startswith("execution:"):
+                prepare(message.type, data, execution)  # the execution path's checks
+            else:
+                validate_event(message.type, data)
     except ProtocolError as exc:
         raise ProtocolError(exc.code, where + exc.message) from exc
     return message, channels, data

@@ -619,7 +619,7 @@ def parse_args() -> argparse.Namespace:
         "--lat-delay-ms",
         default="1000-2000",
         help="latency phase: how long each node runs, MIN-MAX ms (default 1000-2000: the "
-        "executions take about 30 s and offer about half of what the memory engine "
+        "executions take about 30 s and offer about 40%% of what the memory engine "
         "delivers at saturation here)",
     )
     p.add_argument(

@@ -324,3 +324,33 @@ async def test_the_publish_api_checks_execution_events_before_publishing_a_batch
     status, reply = await server.publish(http, {"messages": [started]})
     assert status == 200 and reply["messages"][0]["publications"][0]["offset"] == 1
     assert await server.node.executions.snapshot("105") is not None
+
+
+async def test_many_followers_of_a_new_execution_share_one_history_read(
+    server: RunningServer, http: aiohttp.ClientSession
+) -> None:
+    watchers = [
+        await Watcher.open(http, server, f"w{i}", server.token(f"u{i}"), channels="workflow:1")
+        for i in range(20)
+    ]
+    broker = server.node.broker
+    reads: list[str] = []
+    recover = broker.recover
+
+    async def counting(channel: str, since: Any, limit: int) -> Any:
+        reads.append(channel)
+        return await recover(channel, since, limit)
+
+    broker.recover = counting  # type: ignore[method-assign]
+    try:
+        await run_execution(server, "106", "1", push_ref=None)
+        for watcher in watchers:
+            await watcher.until(lambda w=watcher: w.finished("106"))
+            assert offsets(watcher.on("execution:106")) == list(range(1, 12))
+    finally:
+        broker.recover = recover  # type: ignore[method-assign]
+    assert reads.count("execution:106") == 1, reads
+    # followers are not in the execution's presence (they watch the workflow)
+    assert (await server.node.members("execution:106"))["connections"] == []
+    for watcher in watchers:
+        await watcher.close()

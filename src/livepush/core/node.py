@@ -24,7 +24,7 @@ from livepush.core.deadlines import Deadlines
 from livepush.core.hub import Hub, own_channels
 from livepush.core.ratelimit import RateDecision
 from livepush.core.session import FrameWriter, Session, SessionLimits
-from livepush.engines.base import Engine, EngineUnavailable
+from livepush.engines.base import Engine, EngineUnavailable, Recovery
 from livepush.execution.relay import (
     OUTPUT_MARKER,
     STREAM_NOTICE,
@@ -157,6 +157,7 @@ class Node:
         self.hub.watched = _WATCHED
         self.hub.observer = self._observe
         self._background: set[asyncio.Task[None]] = set()
+        self._recoveries: dict[tuple[str, str, int], asyncio.Future[Recovery]] = {}
         self.broker.set_handler(self._on_publication)
         self.broker.set_reset_handler(self._on_reset)
         self.broker.set_command_handler(self._run_local_commands)
@@ -298,7 +299,9 @@ class Node:
             return
         try:
             parse_channel(channel)
-            joined = await self._join(session, channel, StreamPosition(epoch, 0))
+            # (no presence entry: a follower is not "in" the execution; it watches a workflow
+            # or started it, which is where presence is kept)
+            joined = await self._join(session, channel, StreamPosition(epoch, 0), presence=False)
         except ProtocolError as exc:
             session.send_control(error_message(exc.code, f"following {channel}: {exc.message}"))
             return
@@ -390,6 +393,36 @@ class Node:
         reply(_snapshot_reply(execution_id, channel, position, snapshot, False, request_id))
         session.mark({channel: joined.start})
         self._observe_all(session, joined.release(session))
+
+    def _recover(self, channel: str, since: StreamPosition) -> asyncio.Future[Recovery]:
+        """`broker.recover`, shared by the sessions that ask for the same position in the same
+        event-loop iteration (the followers of a new execution, a reconnect storm): one engine
+        call for all of them. The call starts after every sharer began holding the channel's
+        live publications, so none of them can miss one; a later asker starts a new call."""
+        key = (channel, since.epoch, since.offset)
+        future = self._recoveries.get(key)
+        if future is None:
+            loop = asyncio.get_running_loop()
+            future = self._recoveries[key] = loop.create_future()
+            future.add_done_callback(_retrieve)
+            self._spawn(self._run_recovery(key, since, future))
+        return future
+
+    async def _run_recovery(
+        self, key: tuple[str, str, int], since: StreamPosition, future: asyncio.Future[Recovery]
+    ) -> None:
+        if self._recoveries.get(key) is future:
+            del self._recoveries[key]  # from now on, askers start a new call
+        try:
+            recovery = await self.broker.recover(key[0], since, self.settings.recovery_limit)
+        except BaseException as exc:
+            if not future.done():
+                future.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        else:
+            if not future.done():
+                future.set_result(recovery)
 
     async def _join_checked_limit(
         self, session: Session, channel: str, since: StreamPosition | None
@@ -517,7 +550,7 @@ class Node:
 
     async def _forget(self, session: Session) -> None:
         subscriptions = len(session.channels) + len(own_channels(session))
-        explicit = list(session.channels)
+        explicit = [c for c in session.channels if not _followed(session, c)]
         for channel in self.hub.remove(session):
             await self.broker.unsubscribe(channel)
         if self.settings.presence and explicit:
@@ -562,7 +595,7 @@ class Node:
                 f"at most {self.limits.max_subscriptions} subscriptions per connection",
             )
         follow = await self._authorize(session, channel)
-        joined = await self._join(session, channel, since)
+        joined = await self._join(session, channel, since, presence=not follow)
         if follow:
             if session.follows is None:
                 session.follows = set()
@@ -570,7 +603,13 @@ class Node:
         return joined
 
     async def _join(
-        self, session: Session, channel: str, since: StreamPosition | None, *, own: bool = False
+        self,
+        session: Session,
+        channel: str,
+        since: StreamPosition | None,
+        *,
+        own: bool = False,
+        presence: bool = True,
     ) -> _Joined:
         # Live publications are held from the moment the session is in the fan-out set (for
         # its own channels: from `Hub.add`) until the missed ones are out, then de-duplicated
@@ -585,7 +624,7 @@ class Node:
                 # every subscriber waits until the broker delivers the channel (the first
                 # one's subscription may still be in flight)
                 await self.broker.subscribe(channel)
-                if self.settings.presence:
+                if self.settings.presence and presence:
                     await self.presence.join(
                         channel,
                         session.push_ref,
@@ -596,7 +635,7 @@ class Node:
                 position = await self.broker.position(channel)
                 result = _Joined(channel, position, [], None, position.offset)
             else:
-                recovery = await self.broker.recover(channel, since, self.settings.recovery_limit)
+                recovery = await asyncio.shield(self._recover(channel, since))
                 self.metrics.recoveries.labels(
                     "recovered" if recovery.recovered else "failed"
                 ).inc()
@@ -654,13 +693,14 @@ class Node:
             )
         if channel not in session.channels:
             return False
-        if session.follows:
+        followed = _followed(session, channel)
+        if followed and session.follows is not None:
             session.follows.discard(channel)
         if self.hub.unsubscribe(session, channel):
             await self.broker.unsubscribe(channel)
             self.metrics.channels.set(self.hub.channel_count)
         self.metrics.subscriptions.dec()
-        if self.settings.presence:
+        if self.settings.presence and not followed:
             await self.presence.leave(channel, session.push_ref)
         session.mark({channel: None})
         return True
@@ -731,6 +771,7 @@ class Node:
                         (channel, s.push_ref, _presence_info(s))
                         for s in sessions
                         for channel in s.channels
+                        if not _followed(s, channel)
                     ]
                     if entries:
                         await self.presence.join_many(entries, settings.presence_ttl)
@@ -944,6 +985,17 @@ def _user_info(user_id: str) -> dict[str, Any]:
 
 def _position(since: Since | None) -> StreamPosition | None:
     return None if since is None else StreamPosition(since.epoch, since.offset)
+
+
+def _followed(session: Session, channel: str) -> bool:
+    """Whether the session follows the channel (no presence entry of its own)."""
+    return session.follows is not None and channel in session.follows
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a shared future's exception as seen (each asker gets it; none may be left)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _discard(_: bytes) -> None:

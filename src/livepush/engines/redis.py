@@ -229,10 +229,13 @@ class _Shard:
 class _Channel:
     """A subscribed channel: the newest delivered position, and what waits behind a fill."""
 
-    __slots__ = ("confirmed", "epoch", "filling", "offset", "pending", "ready")
+    __slots__ = ("confirmed", "epoch", "filling", "offset", "pending", "positioning", "ready")
 
     def __init__(self) -> None:
         self.confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        #: The one read of the channel's position after the confirmation, which every
+        #: subscriber waiting for the channel awaits.
+        self.positioning: asyncio.Task[None] | None = None
         self.ready = False
         self.filling = False
         self.epoch = ""
@@ -490,7 +493,18 @@ class RedisBroker(Broker):
             raise EngineUnavailable(f"the subscription to {channel} was dropped; retry")
         if state.ready:
             return
-        position = await self.position(channel)
+        if state.positioning is None:
+            state.positioning = asyncio.get_running_loop().create_task(
+                self._position_channel(channel, state)
+            )
+        await asyncio.shield(state.positioning)
+
+    async def _position_channel(self, channel: str, state: _Channel) -> None:
+        try:
+            position = await self.position(channel)
+        except BaseException:
+            state.positioning = None  # the next subscriber tries again
+            raise
         if state.ready or self._channels.get(channel) is not state:
             return
         state.epoch, state.offset = position

@@ -279,7 +279,6 @@ class Node:
         elif kind == OUTPUT_MARKER:
             self.transfers.start(session, publication)
         elif session.follows and publication.channel in session.follows:  # finished
-            session.follows.discard(publication.channel)
             self._spawn(self._unfollow(session, publication.channel))
 
     def _observe_all(self, session: Session, delivered: list[Publication]) -> None:
@@ -294,23 +293,43 @@ class Node:
 
     async def _follow(self, session: Session, channel: str, epoch: str) -> None:
         """Subscribe a session to an execution it may watch (it received the execution's
-        `executionStream` notice in its tab's or workflow's channel), from the start."""
+        `executionStream` notice in its tab's or workflow's channel), from the start. An
+        engine that fails is retried a few times; then the client is told (it can still
+        catch up with `executionSnapshot`)."""
         if session.closed or channel in session.channels:
-            return
-        try:
-            parse_channel(channel)
-            # (no presence entry: a follower is not "in" the execution; it watches a workflow
-            # or started it, which is where presence is kept)
-            joined = await self._join(session, channel, StreamPosition(epoch, 0), presence=False)
-        except ProtocolError as exc:
-            session.send_control(error_message(exc.code, f"following {channel}: {exc.message}"))
-            return
-        except Exception:
-            log.exception("following %s for %r failed", channel, session)
             return
         if session.follows is None:
             session.follows = set()
         session.follows.add(channel)
+        joined: _Joined | None = None
+        failure: ProtocolError | None = None
+        try:
+            parse_channel(channel)
+            for attempt in range(FOLLOW_ATTEMPTS):
+                try:
+                    # (no presence entry: a follower is not "in" the execution; it watches a
+                    # workflow or started it, which is where presence is kept)
+                    joined = await self._join(
+                        session, channel, StreamPosition(epoch, 0), presence=False
+                    )
+                    break
+                except EngineUnavailable as exc:
+                    failure = exc
+                    if session.closed:
+                        break
+                    await asyncio.sleep(0.2 * 2**attempt)
+        except ProtocolError as exc:
+            failure = exc
+        except Exception:
+            log.exception("following %s for %r failed", channel, session)
+        if joined is None:
+            if session.follows is not None:
+                session.follows.discard(channel)
+            if failure is not None and not session.closed:
+                session.send_control(
+                    error_message(failure.code, f"following {channel}: {failure.message}")
+                )
+            return
         self.metrics.follows.inc()
         if joined.recovered is False:
             # more than the history holds: the client catches up with executionSnapshot
@@ -322,7 +341,7 @@ class Node:
 
     async def _unfollow(self, session: Session, channel: str) -> None:
         """End a followed subscription after its execution finished."""
-        if session.closed or channel not in session.channels:
+        if session.closed or channel not in session.channels or not _followed(session, channel):
             return
         try:
             await self.unsubscribe(session, channel)
@@ -947,6 +966,9 @@ class Node:
         for session in self.hub.sessions():
             session.close(CloseCode.SERVICE_RESTART, "server restarting; reconnect", flush=False)
 
+
+#: Tries to follow an execution while the engine fails (0.2 s, 0.4 s... apart).
+FOLLOW_ATTEMPTS = 4
 
 #: Publication types the node acts on when a session receives one.
 _WATCHED = frozenset({STREAM_NOTICE, OUTPUT_MARKER, "executionFinished"})

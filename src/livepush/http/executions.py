@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 from typing import Annotated, Any
 
@@ -18,7 +17,7 @@ from livepush.config import Config
 from livepush.core.node import Node
 from livepush.engines.base import EngineUnavailable
 from livepush.execution.relay import Event, prepare
-from livepush.http.errors import json_error, json_response
+from livepush.http.errors import json_error, json_response, shielded
 from livepush.protocol.errors import ErrorCode, ProtocolError
 from livepush.transports.handshake import (
     HandshakeSettings,
@@ -129,7 +128,7 @@ def add_execution_routes(
 
         try:
             # shielded: a client that hangs up must not leave the batch half published
-            await asyncio.shield(publish_all())
+            await shielded(publish_all())
         except EngineUnavailable as exc:
             return json_error(503, exc.code, exc.message, published=len(published))
         return json_response({"publications": published})

@@ -6,7 +6,6 @@ a message is never decoded and re-encoded on its way to the browsers.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 from typing import Annotated, Any, Literal
 
@@ -16,7 +15,7 @@ from aiohttp import web
 from livepush.core.node import Node
 from livepush.engines.base import EngineUnavailable
 from livepush.execution.relay import ExecutionSettings, prepare
-from livepush.http.errors import json_error, json_response
+from livepush.http.errors import json_error, json_response, shielded
 from livepush.protocol.channels import (
     SYSTEM,
     is_valid_user_id,
@@ -174,7 +173,7 @@ class PublishHandler:
         # Shielded: a client that hangs up mid-batch must not leave it half published.
         results: list[PublishResult] = []
         try:
-            await asyncio.shield(self._publish_all(plan, results))
+            await shielded(self._publish_all(plan, results))
         except EngineUnavailable as exc:
             # The messages before this one are published; the client may retry the rest.
             return json_error(503, exc.code, exc.message, published=len(results))

@@ -654,7 +654,12 @@ class Node:
                 position = await self.broker.position(channel)
                 result = _Joined(channel, position, [], None, position.offset)
             else:
-                recovery = await asyncio.shield(self._recover(channel, since))
+                if self.broker.remote:
+                    recovery = await asyncio.shield(self._recover(channel, since))
+                else:  # in process: sharing would only add a loop iteration per session
+                    recovery = await self.broker.recover(
+                        channel, since, self.settings.recovery_limit
+                    )
                 self.metrics.recoveries.labels(
                     "recovered" if recovery.recovered else "failed"
                 ).inc()

@@ -49,6 +49,10 @@ class Recovery(NamedTuple):
 class Broker(ABC):
     """Moves publications to every node that has subscribers, and keeps per-channel history."""
 
+    #: Whether reads cost a round trip to another process (worth sharing between sessions
+    #: that ask the same at once); an in-process broker answers without suspending.
+    remote = False
+
     def __init__(self) -> None:
         self._handler: PublicationHandler = lambda publication: None
         self._reset: ResetHandler = lambda channel, position: None

@@ -365,6 +365,8 @@ class RedisStreams:
 class RedisBroker(Broker):
     """See the module docstring."""
 
+    remote = True
+
     def __init__(
         self,
         url: str,

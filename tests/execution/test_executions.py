@@ -326,7 +326,7 @@ async def test_the_publish_api_checks_execution_events_before_publishing_a_batch
     assert await server.node.executions.snapshot("105") is not None
 
 
-async def test_many_followers_of_a_new_execution_share_one_redis_read(
+async def test_many_followers_of_a_new_execution_share_one_history_read(
     server: RunningServer, http: aiohttp.ClientSession
 ) -> None:
     watchers = [
@@ -349,9 +349,8 @@ async def test_many_followers_of_a_new_execution_share_one_redis_read(
             assert offsets(watcher.on("execution:106")) == list(range(1, 12))
     finally:
         broker.recover = recover  # type: ignore[method-assign]
-    # one Redis read for all of them (in process, reads cost nothing and are not shared)
-    expected = 1 if server.config.engine == "redis" else len(watchers)
-    assert reads.count("execution:106") == expected, reads
+    # they follow in one batch: one subscription, one history read
+    assert reads.count("execution:106") == 1, reads
     # followers are not in the execution's presence (they watch the workflow)
     assert (await server.node.members("execution:106"))["connections"] == []
     for watcher in watchers:

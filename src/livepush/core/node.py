@@ -158,6 +158,7 @@ class Node:
         self.hub.observer = self._observe
         self._background: set[asyncio.Task[None]] = set()
         self._recoveries: dict[tuple[str, str, int], asyncio.Future[Recovery]] = {}
+        self._follow_batches: dict[tuple[str, str], list[Session]] = {}
         self.broker.set_handler(self._on_publication)
         self.broker.set_reset_handler(self._on_reset)
         self.broker.set_command_handler(self._run_local_commands)
@@ -275,7 +276,12 @@ class Node:
             notice = msgspec.json.decode(publication.data)
             channel, epoch = notice.get("channel"), notice.get("epoch")
             if isinstance(channel, str) and isinstance(epoch, str):
-                self._spawn(self._follow(session, channel, epoch))
+                # every session told in this loop iteration follows in one batch
+                batch = self._follow_batches.get((channel, epoch))
+                if batch is None:
+                    batch = self._follow_batches[(channel, epoch)] = []
+                    self._spawn(self._follow(channel, epoch))
+                batch.append(session)
         elif kind == OUTPUT_MARKER:
             self.transfers.start(session, publication)
         elif session.follows and publication.channel in session.follows:  # finished
@@ -291,53 +297,80 @@ class Node:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _follow(self, session: Session, channel: str, epoch: str) -> None:
-        """Subscribe a session to an execution it may watch (it received the execution's
-        `executionStream` notice in its tab's or workflow's channel), from the start. An
-        engine that fails is retried a few times; then the client is told (it can still
-        catch up with `executionSnapshot`)."""
-        if session.closed or channel in session.channels:
-            return
-        if session.follows is None:
-            session.follows = set()
-        session.follows.add(channel)
-        joined: _Joined | None = None
-        failure: ProtocolError | None = None
+    async def _follow(self, channel: str, epoch: str) -> None:
+        """Subscribe the sessions that received an execution's `executionStream` notice (in
+        their tab's or workflow's channel) to the execution, from its start: one engine
+        subscription and one history read for all of them (200 watchers of a workflow are
+        one batch, not 200 joins). An engine that fails is retried a few times; then the
+        clients are told (they can still catch up with `executionSnapshot`)."""
+        batch = self._follow_batches.pop((channel, epoch), [])
         try:
-            parse_channel(channel)
-            for attempt in range(FOLLOW_ATTEMPTS):
-                try:
-                    # (no presence entry: a follower is not "in" the execution; it watches a
-                    # workflow or started it, which is where presence is kept)
-                    joined = await self._join(
-                        session, channel, StreamPosition(epoch, 0), presence=False
-                    )
-                    break
-                except EngineUnavailable as exc:
-                    failure = exc
-                    if session.closed:
-                        break
-                    await asyncio.sleep(0.2 * 2**attempt)
-        except ProtocolError as exc:
-            failure = exc
-        except Exception:
-            log.exception("following %s for %r failed", channel, session)
-        if joined is None:
-            if session.follows is not None:
-                session.follows.discard(channel)
-            if failure is not None and not session.closed:
-                session.send_control(
-                    error_message(failure.code, f"following {channel}: {failure.message}")
-                )
+            parse_channel(channel)  # (the notice comes from the server; checked all the same)
+        except ProtocolError:
             return
-        self.metrics.follows.inc()
-        if joined.recovered is False:
-            # more than the history holds: the client catches up with executionSnapshot
-            position = joined.position
+        sessions = [s for s in dict.fromkeys(batch) if not s.closed and channel not in s.channels]
+        if not sessions:
+            return
+        for session in sessions:
+            if session.follows is None:
+                session.follows = set()
+            session.follows.add(channel)
+            session.hold(channel)
+            self.hub.subscribe(session, channel)
+        self.metrics.channels.set(self.hub.channel_count)
+        since = StreamPosition(epoch, 0)
+        recovery: Recovery | None = None
+        failure: ProtocolError | None = None
+        for attempt in range(FOLLOW_ATTEMPTS):
+            try:
+                await self.broker.subscribe(channel)
+                recovery = await self.broker.recover(channel, since, self.settings.recovery_limit)
+                break
+            except EngineUnavailable as exc:
+                failure = exc
+                await asyncio.sleep(0.2 * 2**attempt)
+            except Exception:
+                log.exception("following %s failed", channel)
+                break
+        if recovery is None:
+            emptied = False
+            for session in sessions:
+                session.abandon(channel)
+                if session.follows is not None:
+                    session.follows.discard(channel)
+                emptied = self.hub.unsubscribe(session, channel) or emptied
+                if failure is not None and not session.closed:
+                    session.send_control(
+                        error_message(failure.code, f"following {channel}: {failure.message}")
+                    )
+            if emptied:
+                self.metrics.channels.set(self.hub.channel_count)
+                with contextlib.suppress(Exception):
+                    await self.broker.unsubscribe(channel)
+            return
+        self.metrics.follows.inc(len(sessions))
+        self.metrics.subscriptions.inc(len(sessions))
+        self.metrics.recoveries.labels("recovered" if recovery.recovered else "failed").inc(
+            len(sessions)
+        )
+        after = since.offset if recovery.recovered else recovery.position.offset
+        joined = _Joined(
+            channel, recovery.position, recovery.publications, recovery.recovered, after
+        )
+        reset: bytes | None = None
+        if not recovery.recovered:
+            # more than the history holds: the clients catch up with executionSnapshot
+            position = recovery.position
             message = {"channel": channel, "epoch": position.epoch, "offset": position.offset}
-            session.send_control(control_message("channelReset", message))
-        session.mark({channel: joined.start})
-        self._observe_all(session, joined.release(session))
+            reset = control_message("channelReset", message)
+        for session in sessions:
+            if session.closed or channel not in session.channels:
+                session.abandon(channel)
+                continue
+            if reset is not None:
+                session.send_control(reset)
+            session.mark({channel: joined.start})
+            self._observe_all(session, joined.release(session))
 
     async def _unfollow(self, session: Session, channel: str) -> None:
         """End a followed subscription after its execution finished."""

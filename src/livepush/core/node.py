@@ -448,8 +448,8 @@ class Node:
 
     def _recover(self, channel: str, since: StreamPosition) -> asyncio.Future[Recovery]:
         """`broker.recover`, shared by the sessions that ask for the same position in the same
-        event-loop iteration (the followers of a new execution, a reconnect storm): one engine
-        call for all of them. The call starts after every sharer began holding the channel's
+        event-loop iteration (a reconnect storm on a remote broker): one engine call for all
+        of them. The call starts after every sharer began holding the channel's
         live publications, so none of them can miss one; a later asker starts a new call."""
         key = (channel, since.epoch, since.offset)
         future = self._recoveries.get(key)

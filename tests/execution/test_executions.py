@@ -355,3 +355,17 @@ async def test_many_followers_of_a_new_execution_share_one_history_read(
     assert (await server.node.members("execution:106"))["connections"] == []
     for watcher in watchers:
         await watcher.close()
+
+
+async def test_an_execution_event_addressed_to_another_executions_channel_is_refused(
+    server: RunningServer, http: aiohttp.ClientSession
+) -> None:
+    event = {
+        "type": "executionRecovered",
+        "channel": "execution:107",
+        "data": {"executionId": "108"},
+    }
+    status, reply = await server.publish(http, event)
+    assert status == 400 and reply["error"]["code"] == "invalid_message"
+    assert "execution:108" in reply["error"]["message"]
+    assert await server.node.executions.snapshot("108") is None

@@ -30,6 +30,7 @@ from livepush.execution.relay import (
     STREAM_NOTICE,
     ExecutionRelay,
     ExecutionSettings,
+    prepare,
 )
 from livepush.execution.transfer import OutputTransfers
 from livepush.metrics import Metrics
@@ -211,10 +212,9 @@ class Node:
         (see `new_publication` for what `data` may be). An execution event published to
         `execution:<id>` takes the execution path (`publish_execution`)."""
         if message_type in EXECUTION_EVENTS and channel.startswith("execution:"):
-            placed = await self.publish_execution(message_type, data)
-            if placed.channel != channel:
-                # (published: the event names its execution; say where it went)
-                log.warning("%s for %s was published to %s", message_type, channel, placed.channel)
+            event = prepare(message_type, data, self.settings.execution, channel=channel)
+            placed = await self.executions.publish_prepared(event)
+            self.metrics.publications.labels(metric_label(message_type)).inc()
             return placed
         publication = new_publication(
             channel,

@@ -85,9 +85,11 @@ def prepare(
     *,
     push_ref: str | None = None,
     workflow_id: str | None = None,
+    channel: str | None = None,
 ) -> Event:
     """Validate an execution event (before anything is published: a bad batch publishes
-    nothing). Raises `ProtocolError` with `invalid_message` and the path of a wrong field."""
+    nothing). Raises `ProtocolError` with `invalid_message` and the path of a wrong field.
+    `channel`: where the publisher addressed it, which must be the execution's."""
     if event_type not in events.EXECUTION_EVENTS:
         raise ProtocolError(
             ErrorCode.INVALID_MESSAGE,
@@ -120,6 +122,12 @@ def prepare(
     else:
         execution_id = payload.executionId  # type: ignore[union-attr]
     parse_channel(f"execution:{execution_id}")
+    if channel is not None and channel != f"execution:{execution_id}":
+        raise ProtocolError(
+            ErrorCode.INVALID_MESSAGE,
+            f"{event_type} of execution {execution_id!r} published to {channel!r}: execution "
+            f"events go to their execution's channel, execution:{execution_id}",
+        )
     if push_ref is not None:
         validate_push_ref(push_ref)
     if workflow_id is None and event_type in ("executionStarted", "executionFinished"):

@@ -206,7 +206,7 @@ def _plan(message: PublishMessage, index: int | None, execution: ExecutionSettin
         for channel in channels:
             parse_channel(channel)
             if message.type in EXECUTION_EVENTS and channel.startswith("execution:"):
-                prepare(message.type, data, execution)  # the execution path's checks
+                prepare(message.type, data, execution, channel=channel)
             else:
                 validate_event(message.type, data)
     except ProtocolError as exc:

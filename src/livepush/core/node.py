@@ -151,6 +151,8 @@ class Node:
         self.deadlines = Deadlines()
         self._tasks: list[asyncio.Task[None]] = []
         self._drained = asyncio.Event()
+        #: Locks with fencing tokens (collaboration).
+        self.locks = engine.locks
         self.executions = ExecutionRelay(engine.executions, self.settings.execution)
         self.transfers = OutputTransfers(
             engine.executions, chunk_bytes=self.settings.execution.chunk_bytes, metrics=self.metrics
@@ -169,6 +171,7 @@ class Node:
         await self.broker.start()
         await self.presence.start()
         await self.executions.store.start()
+        await self.locks.start()
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._tick_deadlines()),
@@ -188,6 +191,7 @@ class Node:
         for job in list(self._background):
             job.cancel()
         await self.executions.store.close()
+        await self.locks.close()
         await self.policy.close()
         await self.presence.close()
         await self.broker.close()

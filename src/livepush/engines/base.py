@@ -224,9 +224,58 @@ class ExecutionStore(ABC):
         """Bytes `start` to `end` (exclusive) of a stored output (b"" when it is gone)."""
 
 
+class LockGrant(NamedTuple):
+    """A lock as it stands: who holds it, for which user, under which fencing token, and
+    for how much longer (seconds)."""
+
+    name: str
+    holder: str
+    owner: str
+    token: int
+    ttl: float
+
+
+class LockStore(ABC):
+    """Locks with fencing tokens (collaboration: n8n's workflow write lock, node locks).
+
+    Atomic per lock in every engine: two nodes asking at the same instant grant it once.
+    Every grant to a new holder carries the lock's next token (tokens of a lock only ever
+    increase, across expiries), so the host application can refuse a save from a writer whose
+    lock expired or was taken over (`check`)."""
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Connect."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Disconnect."""
+
+    @abstractmethod
+    async def acquire(
+        self, name: str, holder: str, owner: str, ttl: float, *, takeover: bool = False
+    ) -> tuple[bool, LockGrant]:
+        """Take the lock for `ttl` seconds if it is free or expired; the holder that has it
+        renews it (same token). With `takeover`, a lock held by another holder of the same
+        owner (another tab of the same user) is taken from it. Returns (granted, the lock as
+        it now stands)."""
+
+    @abstractmethod
+    async def release(self, name: str, holder: str, token: int) -> bool:
+        """Let go of the lock if `holder` has it under `token`."""
+
+    @abstractmethod
+    async def check(self, name: str, token: int) -> bool:
+        """Whether `token` is the lock's current token, on a lock that has not expired: what
+        a save guarded by the lock must check."""
+
+    @abstractmethod
+    async def holder(self, name: str) -> LockGrant | None:
+        """The lock's current grant, None when it is free."""
+
+
 class Engine(NamedTuple):
-    """A broker, a presence store and an execution store that work together."""
+    """A broker, a presence store, an execution store and a lock store that work together."""
 
     broker: Broker
     presence: PresenceStore
     executions: ExecutionStore
+    locks: LockStore

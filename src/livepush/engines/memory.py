@@ -17,6 +17,8 @@ from livepush.engines.base import (
     Engine,
     ExecutionState,
     ExecutionStore,
+    LockGrant,
+    LockStore,
     PresenceStore,
     Recovery,
     with_sequence,
@@ -295,6 +297,58 @@ class MemoryExecutions(ExecutionStore):
             self._output_bytes -= len(self._outputs.pop(key)[0])
 
 
+class MemoryLocks(LockStore):
+    """Locks in process memory (single node); tokens per lock name only ever increase."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[str, str, int, float]] = {}
+        self._tokens: dict[str, int] = {}
+
+    def _current(self, name: str) -> tuple[str, str, int, float] | None:
+        lock = self._locks.get(name)
+        if lock is not None and lock[3] <= time.monotonic():
+            del self._locks[name]
+            return None
+        return lock
+
+    async def acquire(
+        self, name: str, holder: str, owner: str, ttl: float, *, takeover: bool = False
+    ) -> tuple[bool, LockGrant]:
+        """See `LockStore.acquire`."""
+        now = time.monotonic()
+        current = self._current(name)
+        if current is not None:
+            if current[0] == holder:
+                self._locks[name] = (holder, owner, current[2], now + ttl)
+                return True, LockGrant(name, holder, current[1], current[2], ttl)
+            if not (takeover and current[1] == owner):
+                return False, LockGrant(name, current[0], current[1], current[2], current[3] - now)
+        token = self._tokens.get(name, 0) + 1
+        self._tokens[name] = token
+        self._locks[name] = (holder, owner, token, now + ttl)
+        return True, LockGrant(name, holder, owner, token, ttl)
+
+    async def release(self, name: str, holder: str, token: int) -> bool:
+        """See `LockStore.release`."""
+        current = self._current(name)
+        if current is None or current[0] != holder or current[2] != token:
+            return False
+        del self._locks[name]
+        return True
+
+    async def check(self, name: str, token: int) -> bool:
+        """See `LockStore.check`."""
+        current = self._current(name)
+        return current is not None and current[2] == token
+
+    async def holder(self, name: str) -> LockGrant | None:
+        """See `LockStore.holder`."""
+        current = self._current(name)
+        if current is None:
+            return None
+        return LockGrant(name, current[0], current[1], current[2], current[3] - time.monotonic())
+
+
 def memory_engine(
     *,
     history_size: int = 1000,
@@ -304,4 +358,9 @@ def memory_engine(
 ) -> Engine:
     """The embedded default engine."""
     broker = MemoryBroker(history_size=history_size, history_ttl=history_ttl, stream_ttl=stream_ttl)
-    return Engine(broker, MemoryPresence(), MemoryExecutions(broker, output_bytes=output_bytes))
+    return Engine(
+        broker,
+        MemoryPresence(),
+        MemoryExecutions(broker, output_bytes=output_bytes),
+        MemoryLocks(),
+    )

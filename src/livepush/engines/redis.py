@@ -48,6 +48,8 @@ from livepush.engines.base import (
     EngineUnavailable,
     ExecutionState,
     ExecutionStore,
+    LockGrant,
+    LockStore,
     PresenceStore,
     Recovery,
     with_sequence,
@@ -71,6 +73,8 @@ RECOVER_LUA = _script("recover.lua")
 CLAIM_LUA = _script("claim.lua")
 RELEASE_LUA = _script("release.lua")
 MEMBERS_LUA = _script("members.lua")
+LOCK_LUA = _script("lock.lua")
+UNLOCK_LUA = _script("unlock.lua")
 
 
 class WireMessage(msgspec.Struct, omit_defaults=True):
@@ -140,6 +144,9 @@ class Keys:
 
     def claim(self, name: str) -> str:
         return f"{self.prefix}:c:{{{name}}}"
+
+    def lock(self, name: str) -> tuple[str, str]:
+        return f"{self.prefix}:l:{{{name}}}", f"{self.prefix}:l:{{{name}}}:f"
 
     def execution(self, execution_id: str) -> str:
         return f"{self.prefix}:{{execution:{execution_id}}}:x"
@@ -1035,6 +1042,71 @@ class RedisExecutions(ExecutionStore):
         return bytes(data)
 
 
+class RedisLocks(LockStore):
+    """Locks in Redis hashes with expiry, granted by one script (atomic across nodes)."""
+
+    def __init__(self, url: str, *, prefix: str = "livepush", cluster: bool = False) -> None:
+        self.url = url
+        self.cluster = cluster
+        self.keys = Keys(prefix)
+        self._redis: Any = None
+        self._lock: Any = None
+        self._unlock: Any = None
+        self._call = _Calls(cluster)
+
+    async def start(self) -> None:
+        """See `LockStore.start`."""
+        self._redis = connect(self.url, cluster=self.cluster)
+        self._lock = self._redis.register_script(LOCK_LUA)
+        self._unlock = self._redis.register_script(UNLOCK_LUA)
+
+    async def close(self) -> None:
+        """See `LockStore.close`."""
+        if self._redis is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._redis.aclose()
+
+    async def acquire(
+        self, name: str, holder: str, owner: str, ttl: float, *, takeover: bool = False
+    ) -> tuple[bool, LockGrant]:
+        """See `LockStore.acquire`."""
+        async with self._call():
+            granted, who, whose, token, remaining = await self._lock(
+                keys=list(self.keys.lock(name)),
+                args=[holder, owner, _ms(ttl), "1" if takeover else "0"],
+            )
+        grant = LockGrant(name, _text(who), _text(whose), int(token), int(remaining) / 1000)
+        return int(granted) == 1, grant
+
+    async def _run_unlock(self, name: str, holder: str, token: int, action: str) -> bool:
+        async with self._call():
+            done = await self._unlock(
+                keys=[self.keys.lock(name)[0]], args=[holder, str(token), action]
+            )
+        return int(done) == 1
+
+    async def release(self, name: str, holder: str, token: int) -> bool:
+        """See `LockStore.release`."""
+        return await self._run_unlock(name, holder, token, "release")
+
+    async def check(self, name: str, token: int) -> bool:
+        """See `LockStore.check`."""
+        return await self._run_unlock(name, "", token, "check")
+
+    async def holder(self, name: str) -> LockGrant | None:
+        """See `LockStore.holder`."""
+        key = self.keys.lock(name)[0]
+        async with self._call():
+            fields, remaining = await asyncio.gather(
+                self._redis.hmget(key, ["h", "o", "t"]), self._redis.pttl(key)
+            )
+        if fields[0] is None or int(remaining) < 0:
+            return None
+        return LockGrant(
+            name, _text(fields[0]), _text(fields[1]), int(fields[2]), int(remaining) / 1000
+        )
+
+
 def redis_engine(
     url: str,
     *,
@@ -1054,5 +1126,8 @@ def redis_engine(
         cluster=cluster,
     )
     return Engine(
-        broker, RedisPresence(url, prefix=prefix, cluster=cluster), RedisExecutions(broker.streams)
+        broker,
+        RedisPresence(url, prefix=prefix, cluster=cluster),
+        RedisExecutions(broker.streams),
+        RedisLocks(url, prefix=prefix, cluster=cluster),
     )

@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from livepush.auth.policy import ClaimsPolicy, HttpCallbackPolicy
 from livepush.auth.tokens import TokenVerifier
+from livepush.collab.locks import check_lock, describe_lock
 from livepush.config import Config
 from livepush.core.node import Node, NodeSettings
 from livepush.core.session import SessionLimits
@@ -165,6 +166,22 @@ def create_app(config: Config, node: Node | None = None) -> web.Application:
         except ProtocolError as exc:
             return error_response(exc)
 
+    async def lock_check(request: web.Request) -> web.Response:
+        """Whether a fencing token is a lock's current one (API key): for save endpoints."""
+        refused = check_api_key(request, api_key)
+        if refused is not None:
+            return refused
+        try:
+            body = msgspec.json.decode(await request.read(), type=LockCheck)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return json_error(400, ErrorCode.BAD_REQUEST, f"expected {{lock, token}}: {exc}")
+        try:
+            valid = await check_lock(node, body.lock, body.token)
+            current = await describe_lock(node, body.lock)
+        except ProtocolError as exc:
+            return error_response(exc)
+        return json_response({"lock": body.lock, "valid": valid, "current": current})
+
     async def healthz(request: web.Request) -> web.Response:
         # the process id tells which worker answered (`--workers`)
         return json_response({"status": "ok", "pid": os.getpid()})
@@ -198,6 +215,7 @@ def create_app(config: Config, node: Node | None = None) -> web.Application:
         "/api/v1/publish", PublishHandler(node, config.api_key, config.max_publish_bytes).handle
     )
     app.router.add_get("/api/v1/presence", presence)
+    app.router.add_post("/api/v1/locks/check", lock_check)
     add_execution_routes(app, node, config, handshake_settings)
     app.router.add_get("/api/v1/openapi.json", openapi_json)
     app.router.add_get("/healthz", healthz)
@@ -212,6 +230,13 @@ def create_app(config: Config, node: Node | None = None) -> web.Application:
 
     app.cleanup_ctx.append(lifecycle)
     return app
+
+
+class LockCheck(msgspec.Struct):
+    """`POST /api/v1/locks/check`."""
+
+    lock: str
+    token: int
 
 
 def _split_commands(body: bytes) -> list[bytes]:

@@ -125,6 +125,19 @@ def openapi_document(rest_prefix: str) -> dict[str, Any]:
                     },
                 }
             },
+            "/api/v1/locks/check": {
+                "post": {
+                    "summary": "Whether a fencing token is a lock's current one",
+                    "description": "Body {lock, token}. For save handlers guarded by a lock: "
+                    "valid only while the token is the current token of an unexpired lock.",
+                    "security": [{"apiKey": []}],
+                    "responses": {
+                        "200": {"description": "{lock, valid, current}"},
+                        "400": error,
+                        "401": error,
+                    },
+                }
+            },
             "/healthz": {
                 "get": {
                     "summary": "Process is alive",

@@ -1,0 +1,1 @@
+"""Collaboration: locks with fencing tokens (more to come: presence, cursors, CRDT)."""

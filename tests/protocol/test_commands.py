@@ -227,6 +227,9 @@ def test_every_catalogued_command_type_decodes_to_its_class() -> None:
         "workflowOpened": {"workflowId": "1"},
         "workflowClosed": {"workflowId": "1"},
         "executionSnapshot": {"executionId": "1"},
+        "writeAccessRequested": {"workflowId": "1"},
+        "writeAccessReleaseRequested": {"workflowId": "1"},
+        "writeAccessHeartbeat": {"workflowId": "1"},
     }
     assert set(minimal) == set(COMMANDS)
     for name, fields in minimal.items():

@@ -55,6 +55,9 @@ from livepush.protocol.commands import (
     Unsubscribe,
     WorkflowClosed,
     WorkflowOpened,
+    WriteAccessHeartbeat,
+    WriteAccessReleaseRequested,
+    WriteAccessRequested,
     decode_command,
     peek_request_id,
 )
@@ -450,6 +453,80 @@ class Node:
         session.mark({channel: joined.start})
         self._observe_all(session, joined.release(session))
 
+    # -- locks (n8n's workflow write lock) ----------------------------------------------------
+
+    async def write_access(
+        self,
+        session: Session,
+        workflow_id: str,
+        reply: Reply,
+        request_id: Any = None,
+        *,
+        force: bool = False,
+        renew_only: bool = False,
+    ) -> None:
+        """n8n's `writeAccessRequested` / `writeAccessHeartbeat`: take or renew the
+        workflow's write lock for this tab. A new grant is announced to the workflow's
+        watchers (`writeAccessAcquired`, with the fencing token); a refusal is answered only to
+        commands with an id (n8n's own messages expect no answer), with `lock_held`."""
+        channel = f"workflow:{workflow_id}"
+        await self._authorize(session, channel)
+        held = (session.locks or {}).get(channel)
+        if renew_only and held is None:
+            raise ProtocolError(ErrorCode.LOCK_NOT_HELD, "this tab does not hold the write lock")
+        granted, grant = await self.locks.acquire(
+            channel,
+            session.push_ref,
+            session.user_id,
+            self.settings.presence_ttl,
+            takeover=force,
+        )
+        if not granted:
+            if held is not None and session.locks is not None:
+                session.locks.pop(channel, None)  # lost (expired and taken)
+            if request_id is not None:
+                reply(
+                    error_message(
+                        ErrorCode.LOCK_HELD,
+                        f"the write lock of {workflow_id!r} is held by user {grant.owner!r}"
+                        + (" in another tab" if grant.owner == session.user_id else ""),
+                        request_id,
+                    )
+                )
+            return
+        if session.locks is None:
+            session.locks = {}
+        session.locks[channel] = grant.token
+        if grant.token != held:
+            await self.publish(
+                channel,
+                "writeAccessAcquired",
+                {
+                    "workflowId": workflow_id,
+                    "userId": session.user_id,
+                    "clientId": session.push_ref,
+                    "fencingToken": grant.token,
+                },
+            )
+        if request_id is not None:
+            reply(
+                control_message(
+                    "reply",
+                    {"workflowId": workflow_id, "fencingToken": grant.token, "ttl": grant.ttl},
+                    request_id,
+                )
+            )
+
+    async def release_lock(self, session: Session, name: str) -> bool:
+        """Let go of a lock the session holds, and tell the workflow's watchers."""
+        token = (session.locks or {}).pop(name, None)
+        if token is None:
+            return False
+        released = await self.locks.release(name, session.push_ref, token)
+        if released and name.startswith("workflow:"):
+            await self.publish(name, "writeAccessReleased", {"workflowId": name[9:]})
+        return released
+
     def _recover(self, channel: str, since: StreamPosition) -> asyncio.Future[Recovery]:
         """`broker.recover`, shared by the sessions that ask for the same position in the same
         event-loop iteration (a reconnect storm on a remote broker): one engine call for all
@@ -596,6 +673,13 @@ class Node:
         reason = session.close_code.name.lower() if session.close_code else "client_closed"
         self.metrics.disconnects.labels(reason).inc()
         self.metrics.connections.labels(session.writer.transport).dec()
+        if session.locks:
+            # a lock lives as long as its holder's presence
+            for name in list(session.locks):
+                try:
+                    await self.release_lock(session, name)
+                except Exception as exc:  # (it expires by itself after presence_ttl)
+                    log.warning("releasing %s of %r failed: %s", name, session, exc)
         if self.hub.session(session.push_ref) is session:
             await self._forget(session)
             await self.presence.release(
@@ -836,6 +920,13 @@ class Node:
                     ]
                     if entries:
                         await self.presence.join_many(entries, settings.presence_ttl)
+                for s in sessions:
+                    for name, token in list((s.locks or {}).items()):
+                        granted, grant = await self.locks.acquire(
+                            name, s.push_ref, s.user_id, settings.presence_ttl
+                        )
+                        if (not granted or grant.token != token) and s.locks is not None:
+                            s.locks.pop(name, None)
                 if time.monotonic() - claims_renewed >= settings.push_ref_ttl / 3:
                     claims_renewed = time.monotonic()
                     await self.presence.claim_many(
@@ -980,9 +1071,28 @@ class Node:
                 await self.subscribe(
                     session, channel, None, reply if rid is not None else _discard, rid
                 )
+        elif isinstance(command, WriteAccessRequested | WriteAccessHeartbeat):
+            await self.write_access(
+                session,
+                command.workflowId,
+                reply,
+                rid,
+                force=isinstance(command, WriteAccessRequested) and command.force,
+                renew_only=isinstance(command, WriteAccessHeartbeat),
+            )
+        elif isinstance(command, WriteAccessReleaseRequested):
+            released = await self.release_lock(session, f"workflow:{command.workflowId}")
+            if rid is not None:
+                if not released:
+                    raise ProtocolError(
+                        ErrorCode.LOCK_NOT_HELD, "this tab does not hold the write lock"
+                    )
+                reply(control_message("reply", {"workflowId": command.workflowId}, rid))
         elif isinstance(command, ExecutionSnapshot):
             await self.execution_snapshot(session, command.executionId, reply, rid)
         elif isinstance(command, WorkflowClosed):
+            # closing the workflow lets go of its write lock (as n8n does)
+            await self.release_lock(session, f"workflow:{command.workflowId}")
             await self.unsubscribe(session, f"workflow:{command.workflowId}")
             if rid is not None:
                 reply(control_message("reply", {}, rid))

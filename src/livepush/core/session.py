@@ -133,6 +133,7 @@ class Session:
         "follows",
         "identity",
         "limits",
+        "locks",
         "metrics",
         "push_ref",
         "rate",
@@ -181,6 +182,8 @@ class Session:
         #: Channels the server subscribed this connection to (executions it follows), ended
         #: by the server; created on first use.
         self.follows: set[str] | None = None
+        #: Locks this connection holds: name -> fencing token; created on first use.
+        self.locks: dict[str, int] | None = None
 
     @property
     def user_id(self) -> str:

@@ -78,6 +78,26 @@ class WorkflowClosed(Command, kw_only=True):
     workflowId: str
 
 
+class WriteAccessRequested(Command, kw_only=True):
+    """n8n: the tab wants the workflow's write lock (`force`: take it from the same user's
+    other tab)."""
+
+    workflowId: str
+    force: bool = False
+
+
+class WriteAccessReleaseRequested(Command, kw_only=True):
+    """n8n: the tab lets go of the workflow's write lock."""
+
+    workflowId: str
+
+
+class WriteAccessHeartbeat(Command, kw_only=True):
+    """n8n: the tab still holds (and uses) the workflow's write lock."""
+
+    workflowId: str
+
+
 class ExecutionSnapshot(Command, kw_only=True):
     """The current state of an execution, and a subscription to its stream from there."""
 
@@ -94,6 +114,9 @@ COMMANDS: Final[dict[str, type[Command]]] = {
     "workflowOpened": WorkflowOpened,
     "workflowClosed": WorkflowClosed,
     "executionSnapshot": ExecutionSnapshot,
+    "writeAccessRequested": WriteAccessRequested,
+    "writeAccessReleaseRequested": WriteAccessReleaseRequested,
+    "writeAccessHeartbeat": WriteAccessHeartbeat,
 }
 
 _decode_any = msgspec.json.Decoder()

@@ -41,6 +41,8 @@ class ErrorCode(StrEnum):
     SHUTTING_DOWN = "shutting_down"
     ENGINE_UNAVAILABLE = "engine_unavailable"
     EXECUTION_NOT_FOUND = "execution_not_found"
+    LOCK_HELD = "lock_held"
+    LOCK_NOT_HELD = "lock_not_held"
     OUTPUT_NOT_FOUND = "output_not_found"
     INTERNAL_ERROR = "internal_error"
 

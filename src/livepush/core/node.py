@@ -442,7 +442,7 @@ class Node:
         if channel in session.channels:
             reply(_snapshot_reply(execution_id, channel, position, snapshot, True, request_id))
             return
-        joined = await self._join_checked_limit(session, channel, position)
+        joined = await self._join_checked(session, channel, position, authorized=True)
         if joined.recovered is False:
             # the stream moved on further than its history holds while we subscribed: the
             # state now is newer; what arrives up to its offset is in it
@@ -556,16 +556,6 @@ class Node:
         else:
             if not future.done():
                 future.set_result(recovery)
-
-    async def _join_checked_limit(
-        self, session: Session, channel: str, since: StreamPosition | None
-    ) -> _Joined:
-        if len(session.channels) >= self.limits.max_subscriptions:
-            raise ProtocolError(
-                ErrorCode.TOO_MANY_SUBSCRIPTIONS,
-                f"at most {self.limits.max_subscriptions} subscriptions per connection",
-            )
-        return await self._join(session, channel, since)
 
     def _on_reset(self, channel: str, position: StreamPosition) -> None:
         """The channel's stream lost continuity (the engine lost history, or publications
@@ -726,15 +716,21 @@ class Node:
         return False
 
     async def _join_checked(
-        self, session: Session, channel: str, since: StreamPosition | None
+        self,
+        session: Session,
+        channel: str,
+        since: StreamPosition | None,
+        *,
+        authorized: bool = False,
     ) -> _Joined:
-        """An explicit subscription: within the connection's limit, and authorized."""
+        """An explicit subscription: within the connection's limit, and authorized (unless
+        the caller has just done so)."""
         if len(session.channels) >= self.limits.max_subscriptions:
             raise ProtocolError(
                 ErrorCode.TOO_MANY_SUBSCRIPTIONS,
                 f"at most {self.limits.max_subscriptions} subscriptions per connection",
             )
-        follow = await self._authorize(session, channel)
+        follow = False if authorized else await self._authorize(session, channel)
         joined = await self._join(session, channel, since, presence=not follow)
         if follow:
             if session.follows is None:

@@ -18,6 +18,7 @@ from livepush.core.node import Node
 from livepush.engines.base import EngineUnavailable
 from livepush.execution.relay import Event, prepare
 from livepush.http.errors import json_error, json_response, shielded
+from livepush.http.publish import decode_one_or_batch
 from livepush.protocol.errors import ErrorCode, ProtocolError
 from livepush.transports.handshake import (
     HandshakeSettings,
@@ -57,18 +58,7 @@ _decode_many = msgspec.json.Decoder(ExecutionEvents)
 
 
 def _parse(body: bytes) -> tuple[list[ExecutionEvent], bool]:
-    try:
-        head: Any = msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
-        raise ProtocolError(ErrorCode.INVALID_JSON, f"body is not valid JSON: {exc}") from exc
-    if not isinstance(head, dict):
-        raise ProtocolError(ErrorCode.BAD_REQUEST, "body must be a JSON object")
-    try:
-        if "events" in head:
-            return _decode_many.decode(body).events, True
-        return [_decode_one.decode(body)], False
-    except msgspec.ValidationError as exc:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"invalid request: {exc}") from exc
+    return decode_one_or_batch(body, "events", _decode_one, _decode_many)
 
 
 def add_execution_routes(

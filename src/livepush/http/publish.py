@@ -103,7 +103,11 @@ def targets(message: PublishMessage) -> list[str]:
     return [SYSTEM]
 
 
-def _decode(body: bytes) -> tuple[list[PublishMessage], bool]:
+def decode_one_or_batch(
+    body: bytes, batch_key: str, one: msgspec.json.Decoder[Any], batch: msgspec.json.Decoder[Any]
+) -> tuple[list[Any], bool]:
+    """A request body holding one item, or `{batch_key: [items]}`: (items, whether a batch).
+    Bad JSON is `invalid_json`; a wrong shape `bad_request` with msgspec's path."""
     try:
         head: Any = msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
@@ -111,11 +115,15 @@ def _decode(body: bytes) -> tuple[list[PublishMessage], bool]:
     if not isinstance(head, dict):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "body must be a JSON object")
     try:
-        if "messages" in head:
-            return _decode_batch.decode(body).messages, True
-        return [_decode_single.decode(body)], False
+        if batch_key in head:
+            return list(getattr(batch.decode(body), batch_key)), True
+        return [one.decode(body)], False
     except msgspec.ValidationError as exc:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"invalid publish request: {exc}") from exc
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"invalid request: {exc}") from exc
+
+
+def _decode(body: bytes) -> tuple[list[PublishMessage], bool]:
+    return decode_one_or_batch(body, "messages", _decode_single, _decode_batch)
 
 
 def _position(publication: Publication) -> PublishedPosition:

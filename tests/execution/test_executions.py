@@ -369,3 +369,21 @@ async def test_an_execution_event_addressed_to_another_executions_channel_is_ref
     assert status == 400 and reply["error"]["code"] == "invalid_message"
     assert "execution:108" in reply["error"]["message"]
     assert await server.node.executions.snapshot("108") is None
+
+
+async def test_idle_connections_keep_no_release_floors(
+    server: RunningServer, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The floors that drop late duplicates (remote brokers only) are gone after a while, so
+    an idle connection costs no more memory than before."""
+    import livepush.core.session as session_module
+
+    monkeypatch.setattr(session_module, "FLOOR_SECONDS", 0.2)
+    watcher = await Watcher.open(http, server, "idle", server.token(), channels="workflow:1")
+    session = server.node.session("idle")
+    assert session is not None
+    remote = server.node.broker.remote
+    assert (session._floors is not None) is remote
+    await asyncio.sleep(0.3)
+    assert session._floors is None
+    await watcher.close()

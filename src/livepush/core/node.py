@@ -113,9 +113,12 @@ class _Joined:
         """Where the client stands once the missed publications are out."""
         return StreamPosition(self.position.epoch, self.after_offset)
 
-    def release(self, session: Session) -> list[Publication]:
-        """Hand the session what it missed and what was held meanwhile."""
-        return session.release(self.channel, self.missed, self.after_offset, self.position.epoch)
+    def release(self, session: Session, *, late_duplicates: bool) -> list[Publication]:
+        """Hand the session what it missed and what was held meanwhile. `late_duplicates`:
+        the broker may deliver live publications after a history read that included them
+        (a remote broker); the session then drops those for a while."""
+        epoch = self.position.epoch if late_duplicates else None
+        return session.release(self.channel, self.missed, self.after_offset, epoch)
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {
@@ -377,7 +380,7 @@ class Node:
             if reset is not None:
                 session.send_control(reset)
             session.mark({channel: joined.start})
-            self._observe_all(session, joined.release(session))
+            self._observe_all(session, joined.release(session, late_duplicates=self.broker.remote))
 
     async def _unfollow(self, session: Session, channel: str) -> None:
         """End a followed subscription after its execution finished."""
@@ -451,7 +454,7 @@ class Node:
                 snapshot, position = taken
         reply(_snapshot_reply(execution_id, channel, position, snapshot, False, request_id))
         session.mark({channel: joined.start})
-        self._observe_all(session, joined.release(session))
+        self._observe_all(session, joined.release(session, late_duplicates=self.broker.remote))
 
     # -- locks (n8n's workflow write lock) ----------------------------------------------------
 
@@ -653,7 +656,7 @@ class Node:
         session.send_control(control_message("connected", greeting))
         session.mark({j.channel: j.start for j in joined})
         for j in joined:
-            self._observe_all(session, j.release(session))
+            self._observe_all(session, j.release(session, late_duplicates=self.broker.remote))
         return session
 
     async def close_session(self, session: Session) -> None:
@@ -822,7 +825,7 @@ class Node:
         joined = await self._join_checked(session, channel, since)
         reply(control_message("reply", joined.describe(), request_id))
         session.mark({channel: joined.start})
-        self._observe_all(session, joined.release(session))
+        self._observe_all(session, joined.release(session, late_duplicates=self.broker.remote))
 
     async def unsubscribe(self, session: Session, channel: str) -> bool:
         """Remove a subscription; False when the session was not subscribed."""

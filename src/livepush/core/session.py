@@ -79,6 +79,9 @@ class FrameWriter(Protocol):
         ...
 
 
+#: How long after a release live publications already delivered from history are dropped.
+FLOOR_SECONDS = 10.0
+
 #: Results of `FrameWriter.send`.
 SENT, PAUSED, GONE = 0, 1, 2
 
@@ -426,6 +429,9 @@ class Session:
             self._floors = None
         return False
 
+    def _drop_floors(self) -> None:
+        self._floors = None
+
     def holding(self, channel: str) -> bool:
         """Whether live publications of the channel are held (its missed ones are awaited)."""
         return self._recovering is not None and channel in self._recovering
@@ -458,6 +464,9 @@ class Session:
         if last is not None and position_epoch is not None:
             if self._floors is None:
                 self._floors = {}
+                # a late publication comes within milliseconds; forget the floors after a
+                # while so an idle connection keeps none
+                asyncio.get_running_loop().call_later(FLOOR_SECONDS, self._drop_floors)
             self._floors[channel] = StreamPosition(position_epoch, last)
         self.flush()
         return delivered

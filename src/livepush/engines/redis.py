@@ -31,7 +31,7 @@ import random
 import secrets
 from collections.abc import AsyncIterator, Sequence
 from importlib import resources
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import msgspec
 import redis.asyncio as aioredis
@@ -826,25 +826,26 @@ class RedisBroker(Broker):
                 return
 
 
-class RedisPresence(PresenceStore):
-    """Claims and channel presence in Redis keys with expiry."""
+class _ScriptClient:
+    """A Redis connection and the Lua scripts a store runs on it (presence, locks)."""
+
+    #: Script name -> source, registered on `start`.
+    SCRIPTS: ClassVar[dict[str, str]] = {}
 
     def __init__(self, url: str, *, prefix: str = "livepush", cluster: bool = False) -> None:
         self.url = url
         self.cluster = cluster
         self.keys = Keys(prefix)
         self._redis: Any = None
-        self._claim: Any = None
-        self._release: Any = None
-        self._members: Any = None
+        self._scripts: dict[str, Any] = {}
         self._call = _Calls(cluster)
 
     async def start(self) -> None:
-        """Connect."""
+        """Connect and register the scripts."""
         self._redis = connect(self.url, cluster=self.cluster)
-        self._claim = self._redis.register_script(CLAIM_LUA)
-        self._release = self._redis.register_script(RELEASE_LUA)
-        self._members = self._redis.register_script(MEMBERS_LUA)
+        self._scripts = {
+            name: self._redis.register_script(source) for name, source in self.SCRIPTS.items()
+        }
 
     async def close(self) -> None:
         """Disconnect."""
@@ -852,23 +853,35 @@ class RedisPresence(PresenceStore):
             with contextlib.suppress(RedisError, OSError):
                 await self._redis.aclose()
 
+
+class RedisPresence(_ScriptClient, PresenceStore):
+    """Claims and channel presence in Redis keys with expiry."""
+
+    SCRIPTS: ClassVar[dict[str, str]] = {
+        "claim": CLAIM_LUA,
+        "release": RELEASE_LUA,
+        "members": MEMBERS_LUA,
+    }
+
     async def claim(self, name: str, owner: str, ttl: float) -> bool:
         """See `PresenceStore.claim`."""
         async with self._call():
-            result = await self._claim(keys=[self.keys.claim(name)], args=[owner, _ms(ttl)])
+            result = await self._scripts["claim"](
+                keys=[self.keys.claim(name)], args=[owner, _ms(ttl)]
+            )
         return int(result) == 1
 
     async def release(self, name: str, owner: str, ttl: float) -> None:
         """See `PresenceStore.release`."""
         async with self._call():
-            await self._release(
+            await self._scripts["release"](
                 keys=[self.keys.claim(name)], args=[owner, _ms(ttl) if ttl > 0 else 0]
             )
 
     async def join(self, channel: str, client_id: str, info: dict[str, Any], ttl: float) -> None:
         """See `PresenceStore.join`."""
         async with self._call():
-            await self._members(
+            await self._scripts["members"](
                 keys=list(self.keys.presence(channel)),
                 args=["join", client_id, _encode(info), _ms(ttl)],
             )
@@ -876,14 +889,16 @@ class RedisPresence(PresenceStore):
     async def leave(self, channel: str, client_id: str) -> None:
         """See `PresenceStore.leave`."""
         async with self._call():
-            await self._members(keys=list(self.keys.presence(channel)), args=["leave", client_id])
+            await self._scripts["members"](
+                keys=list(self.keys.presence(channel)), args=["leave", client_id]
+            )
 
     async def join_many(
         self, entries: Sequence[tuple[str, str, dict[str, Any]]], ttl: float
     ) -> None:
         """Batched (see `_batch`)."""
         await self._batch(
-            self._members,
+            self._scripts["members"],
             [
                 (list(self.keys.presence(c)), ["join", cid, _encode(info), _ms(ttl)])
                 for c, cid, info in entries
@@ -893,13 +908,15 @@ class RedisPresence(PresenceStore):
     async def leave_many(self, entries: Sequence[tuple[str, str]]) -> None:
         """Batched (see `_batch`)."""
         await self._batch(
-            self._members, [(list(self.keys.presence(c)), ["leave", cid]) for c, cid in entries]
+            self._scripts["members"],
+            [(list(self.keys.presence(c)), ["leave", cid]) for c, cid in entries],
         )
 
     async def claim_many(self, claims: Sequence[tuple[str, str]], ttl: float) -> None:
         """Batched (see `_batch`)."""
         await self._batch(
-            self._claim, [([self.keys.claim(name)], [owner, _ms(ttl)]) for name, owner in claims]
+            self._scripts["claim"],
+            [([self.keys.claim(name)], [owner, _ms(ttl)]) for name, owner in claims],
         )
 
     async def _batch(self, script: Any, calls: Sequence[tuple[list[str], list[Any]]]) -> None:
@@ -924,7 +941,9 @@ class RedisPresence(PresenceStore):
     async def members(self, channel: str) -> dict[str, dict[str, Any]]:
         """See `PresenceStore.members`."""
         async with self._call():
-            flat = await self._members(keys=list(self.keys.presence(channel)), args=["members"])
+            flat = await self._scripts["members"](
+                keys=list(self.keys.presence(channel)), args=["members"]
+            )
         return {_text(flat[i]): msgspec.json.decode(flat[i + 1]) for i in range(0, len(flat), 2)}
 
 
@@ -1042,36 +1061,17 @@ class RedisExecutions(ExecutionStore):
         return bytes(data)
 
 
-class RedisLocks(LockStore):
+class RedisLocks(_ScriptClient, LockStore):
     """Locks in Redis hashes with expiry, granted by one script (atomic across nodes)."""
 
-    def __init__(self, url: str, *, prefix: str = "livepush", cluster: bool = False) -> None:
-        self.url = url
-        self.cluster = cluster
-        self.keys = Keys(prefix)
-        self._redis: Any = None
-        self._lock: Any = None
-        self._unlock: Any = None
-        self._call = _Calls(cluster)
-
-    async def start(self) -> None:
-        """See `LockStore.start`."""
-        self._redis = connect(self.url, cluster=self.cluster)
-        self._lock = self._redis.register_script(LOCK_LUA)
-        self._unlock = self._redis.register_script(UNLOCK_LUA)
-
-    async def close(self) -> None:
-        """See `LockStore.close`."""
-        if self._redis is not None:
-            with contextlib.suppress(RedisError, OSError):
-                await self._redis.aclose()
+    SCRIPTS: ClassVar[dict[str, str]] = {"lock": LOCK_LUA, "unlock": UNLOCK_LUA}
 
     async def acquire(
         self, name: str, holder: str, owner: str, ttl: float, *, takeover: bool = False
     ) -> tuple[bool, LockGrant]:
         """See `LockStore.acquire`."""
         async with self._call():
-            granted, who, whose, token, remaining = await self._lock(
+            granted, who, whose, token, remaining = await self._scripts["lock"](
                 keys=list(self.keys.lock(name)),
                 args=[holder, owner, _ms(ttl), "1" if takeover else "0"],
             )
@@ -1080,7 +1080,7 @@ class RedisLocks(LockStore):
 
     async def _run_unlock(self, name: str, holder: str, token: int, action: str) -> bool:
         async with self._call():
-            done = await self._unlock(
+            done = await self._scripts["unlock"](
                 keys=[self.keys.lock(name)[0]], args=[holder, str(token), action]
             )
         return int(done) == 1

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated, Any
 
 import msgspec
@@ -18,7 +17,7 @@ from livepush.core.node import Node
 from livepush.engines.base import EngineUnavailable
 from livepush.execution.relay import Event, prepare
 from livepush.http.errors import json_error, json_response, shielded
-from livepush.http.publish import decode_one_or_batch
+from livepush.http.publish import check_api_key, decode_one_or_batch, presents_api_key
 from livepush.protocol.errors import ErrorCode, ProtocolError
 from livepush.transports.handshake import (
     HandshakeSettings,
@@ -68,20 +67,10 @@ def add_execution_routes(
     api_key = config.api_key.encode() if config.api_key else None
     settings = node.settings.execution
 
-    def has_api_key(request: web.Request) -> bool:
-        authorization = request.headers.get("Authorization", "")
-        presented = authorization[7:].strip() if authorization[:7].lower() == "bearer " else ""
-        return api_key is not None and hmac.compare_digest(presented.encode(), api_key)
-
     async def publish_events(request: web.Request) -> web.Response:
-        if api_key is None:
-            return json_error(
-                503, ErrorCode.PUBLISH_DISABLED, "the server API needs LIVEPUSH_API_KEY"
-            )
-        if not has_api_key(request):
-            return json_error(
-                401, ErrorCode.INVALID_API_KEY, "send `Authorization: Bearer <LIVEPUSH_API_KEY>`"
-            )
+        refused = check_api_key(request, api_key)
+        if refused is not None:
+            return refused
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
@@ -125,7 +114,7 @@ def add_execution_routes(
 
     async def authorized(request: web.Request, execution_id: str) -> web.Response | None:
         """None when the request may see the execution, else the error response."""
-        if has_api_key(request):
+        if presents_api_key(request, api_key):
             return None
         try:
             identity = authenticate(request, node, handshake, query_params(request))

@@ -130,13 +130,18 @@ def _position(publication: Publication) -> PublishedPosition:
     return PublishedPosition(publication.channel, publication.offset, publication.epoch)
 
 
+def presents_api_key(request: web.Request, api_key: bytes | None) -> bool:
+    """Whether the request carries the API key (`Authorization: Bearer <key>`)."""
+    authorization = request.headers.get("Authorization", "")
+    presented = authorization[7:].strip() if authorization[:7].lower() == "bearer " else ""
+    return api_key is not None and hmac.compare_digest(presented.encode(), api_key)
+
+
 def check_api_key(request: web.Request, api_key: bytes | None) -> web.Response | None:
     """The error response for a request without the API key, or None when it has it."""
     if api_key is None:
         return json_error(503, ErrorCode.PUBLISH_DISABLED, "the server API needs LIVEPUSH_API_KEY")
-    authorization = request.headers.get("Authorization", "")
-    presented = authorization[7:].strip() if authorization[:7].lower() == "bearer " else ""
-    if not hmac.compare_digest(presented.encode(), api_key):
+    if not presents_api_key(request, api_key):
         return json_error(
             401, ErrorCode.INVALID_API_KEY, "send `Authorization: Bearer <LIVEPUSH_API_KEY>`"
         )

@@ -28,6 +28,7 @@ from livepush.engines.base import Engine, EngineUnavailable, Recovery
 from livepush.execution.relay import (
     OUTPUT_MARKER,
     STREAM_NOTICE,
+    Event,
     ExecutionRelay,
     ExecutionSettings,
     prepare,
@@ -222,10 +223,9 @@ class Node:
         (see `new_publication` for what `data` may be). An execution event published to
         `execution:<id>` takes the execution path (`publish_execution`)."""
         if message_type in EXECUTION_EVENTS and channel.startswith("execution:"):
-            event = prepare(message_type, data, self.settings.execution, channel=channel)
-            placed = await self.executions.publish_prepared(event)
-            self.metrics.publications.labels(metric_label(message_type)).inc()
-            return placed
+            return await self.publish_event(
+                prepare(message_type, data, self.settings.execution, channel=channel)
+            )
         publication = new_publication(
             channel,
             message_type,
@@ -249,10 +249,20 @@ class Node:
         """Publish one execution event (docs/protocol.md, "Executions"): to
         `execution:<id>`, recorded in the execution's state, followed by the tab `push_ref`
         and the watchers of `workflow_id`."""
-        placed = await self.executions.publish(
-            event_type, data, push_ref=push_ref, workflow_id=workflow_id
+        event = prepare(
+            event_type,
+            data,
+            self.settings.execution,
+            push_ref=push_ref,
+            workflow_id=workflow_id,
         )
-        self.metrics.publications.labels(metric_label(event_type)).inc()
+        return await self.publish_event(event)
+
+    async def publish_event(self, event: Event) -> Publication:
+        """Publish an execution event checked by `prepare` (the HTTP API checks a whole
+        batch first)."""
+        placed = await self.executions.publish_prepared(event)
+        self.metrics.publications.labels(metric_label(event.type)).inc()
         return placed
 
     async def publish_to_push_ref(

@@ -101,8 +101,7 @@ def add_execution_routes(
 
         async def publish_all() -> None:
             for event in planned:
-                placed = await node.executions.publish_prepared(event)
-                node.metrics.publications.labels(event.type).inc()
+                placed = await node.publish_event(event)
                 published.append(_Position(placed.channel, placed.offset, placed.epoch))
 
         try:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import aiohttp
 import msgspec
@@ -39,7 +39,29 @@ from livepush.protocol.errors import ErrorCode, ProtocolError
 __all__ = ["HttpPublisher", "PublishFailed", "Publisher"]
 
 
-class Publisher:
+class _Lifecycle:
+    """`async with` for a publisher: `start` on entry, `close` on exit."""
+
+    async def start(self) -> None:
+        """Connect."""
+
+    async def close(self) -> None:
+        """Disconnect."""
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class Publisher(_Lifecycle):
     """Publishes through Redis to the channels of a livepush cluster."""
 
     def __init__(
@@ -75,18 +97,6 @@ class Publisher:
         """Disconnect."""
         await self._streams.close()
         self._started = False
-
-    async def __aenter__(self) -> Publisher:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def publish(
         self,
@@ -154,7 +164,7 @@ class PublishFailed(ProtocolError):
         self.status = status
 
 
-class HttpPublisher:
+class HttpPublisher(_Lifecycle):
     """Publishes through a server's HTTP API (`/api/v1/publish`, `/api/v1/executions/events`)
     with the API key.
 
@@ -179,18 +189,6 @@ class HttpPublisher:
         if self._http is not None:
             await self._http.close()
             self._http = None
-
-    async def __aenter__(self) -> HttpPublisher:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def _post(self, path: str, body: dict[str, Any]) -> Any:
         await self.start()

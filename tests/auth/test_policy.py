@@ -130,19 +130,54 @@ async def test_claims_grant_short_circuits_the_callback(
     assert policy.calls == 0
 
 
+async def test_read_only_claim_grants_reading_but_not_writing() -> None:
+    policy = ClaimsPolicy()
+    reader = _identity(workflows=["w1", "w2"], readOnly=["w1", "project:p1"])
+    assert await policy.can_subscribe(reader, "workflow", "w1")
+    assert not await policy.can_write(reader, "workflow", "w1")
+    assert await policy.can_write(reader, "workflow", "w2")
+    assert not await policy.can_write(reader, "workflow", "w3")  # not granted at all
+    everything = _identity(admin=True, readOnly=True)
+    assert await policy.can_subscribe(everything, "workflow", "any")
+    assert not await policy.can_write(everything, "workflow", "any")
+    assert not await policy.can_write(everything, "project", "p9")
+
+
+async def test_callback_is_asked_about_writing_separately(
+    policy: HttpCallbackPolicy, callback_server: CallbackServer
+) -> None:
+    callback_server.allowed.add(("alice", "workflow:w7"))
+    assert await policy.can_write(_identity(), "workflow", "w7")
+    assert await policy.can_subscribe(_identity(), "workflow", "w7")
+    assert callback_server.requests == [
+        {"userId": "alice", "channel": "workflow:w7", "access": "write"},
+        {"userId": "alice", "channel": "workflow:w7", "access": "read"},
+    ]
+    # a token that marks the channel read-only is not overridden by the callback
+    assert not await policy.can_write(_identity(readOnly=["w7"]), "workflow", "w7")
+    assert len(callback_server.requests) == 2
+    # claims that grant writing skip the callback
+    assert await policy.can_write(_identity(workflows=["w8"]), "workflow", "w8")
+    assert len(callback_server.requests) == 2
+
+
 async def test_callback_allow_grants_the_channel(
     policy: HttpCallbackPolicy, callback_server: CallbackServer
 ) -> None:
     callback_server.allowed.add(("alice", "workflow:w7"))
     assert await policy.can_subscribe(_identity(), "workflow", "w7")
-    assert callback_server.requests == [{"userId": "alice", "channel": "workflow:w7"}]
+    assert callback_server.requests == [
+        {"userId": "alice", "channel": "workflow:w7", "access": "read"}
+    ]
 
 
 async def test_callback_deny_refuses_the_channel(
     policy: HttpCallbackPolicy, callback_server: CallbackServer
 ) -> None:
     assert not await policy.can_subscribe(_identity(), "execution", "e1")
-    assert callback_server.requests == [{"userId": "alice", "channel": "execution:e1"}]
+    assert callback_server.requests == [
+        {"userId": "alice", "channel": "execution:e1", "access": "read"}
+    ]
 
 
 async def test_callback_answer_other_than_true_denies(

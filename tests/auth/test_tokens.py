@@ -508,3 +508,16 @@ def test_a_bad_token_is_never_cached() -> None:
     for _ in range(2):
         with pytest.raises(AuthError):
             verifier.verify(token)
+
+
+def test_profile_read_from_claims(verifier: TokenVerifier) -> None:
+    identity = verifier.verify(
+        _hs256(_claims(email="a@example.com", given_name="Ada", family_name="Lovelace"))
+    )
+    assert identity.profile == {
+        "email": "a@example.com",
+        "firstName": "Ada",
+        "lastName": "Lovelace",
+    }
+    n8n_style = verifier.verify(_hs256(_claims(firstName="Ada", given_name="ignored", email=7)))
+    assert n8n_style.profile == {"firstName": "Ada"}

@@ -104,5 +104,12 @@ async def test_n8n_messages_without_ids_and_closing_the_workflow(
     stranger = await Watcher.open(http, server, "x", server.token("eve", workflows=[]))
     refused = await stranger.command({"type": "writeAccessRequested", "workflowId": "1", "id": 1})
     assert refused["type"] == "error" and refused["data"]["code"] == "forbidden"
-    for who in (tab, other, stranger):
+    # nor a reader whose token marks the workflow read-only
+    reader = await Watcher.open(
+        http, server, "r", server.token("ray", read_only=["1"]), channels="workflow:1"
+    )
+    refused = await reader.command({"type": "writeAccessRequested", "workflowId": "1", "id": 1})
+    assert refused["type"] == "error" and refused["data"]["code"] == "forbidden"
+    assert "read-only" in refused["data"]["message"]
+    for who in (tab, other, stranger, reader):
         await who.close()

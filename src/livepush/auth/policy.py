@@ -29,6 +29,11 @@ class AuthorizationPolicy(Protocol):
         """True when `identity` may receive the channel `kind:ident`."""
         ...
 
+    async def can_write(self, identity: Identity, kind: str, ident: str) -> bool:
+        """True when `identity` may also change `kind:ident` (take its write lock, edit its
+        CRDT document)."""
+        ...
+
     async def close(self) -> None:
         """Release resources (HTTP sessions)."""
         ...
@@ -45,6 +50,10 @@ class ClaimsPolicy:
             return True
         return identity.grants.allows(kind, ident)
 
+    async def can_write(self, identity: Identity, kind: str, ident: str) -> bool:
+        """Granted by the token and not marked read-only by its `readOnly` claim."""
+        return identity.grants.writes(kind, ident)
+
     async def close(self) -> None:
         """Nothing to release."""
 
@@ -52,8 +61,9 @@ class ClaimsPolicy:
 class HttpCallbackPolicy:
     """Asks the host application over HTTP when the token's own claims do not grant a channel.
 
-    Request: `POST <url>` with `{"userId", "channel"}` (and the API key as a bearer token when
-    one is configured); a 200 reply `{"allow": true|false}` is cached for `cache_ttl` seconds.
+    Request: `POST <url>` with `{"userId", "channel", "access"}` (`access` is `read` or `write`;
+    the API key as a bearer token when one is configured); a 200 reply `{"allow": true|false}`
+    is cached for `cache_ttl` seconds.
     Any other reply or a timeout denies with `authorization_unavailable`.
     """
 
@@ -71,8 +81,8 @@ class HttpCallbackPolicy:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._max_entries = max_entries
-        self._cache: OrderedDict[tuple[str, str], tuple[bool, float]] = OrderedDict()
-        self._in_flight: dict[tuple[str, str], asyncio.Task[bool]] = {}
+        self._cache: OrderedDict[tuple[str, str, str], tuple[bool, float]] = OrderedDict()
+        self._in_flight: dict[tuple[str, str, str], asyncio.Task[bool]] = {}
         self._claims = ClaimsPolicy()
         self._session: aiohttp.ClientSession | None = None
         self.calls = 0
@@ -81,7 +91,17 @@ class HttpCallbackPolicy:
         """Claims first; then the cache; then one HTTP call shared by concurrent askers."""
         if await self._claims.can_subscribe(identity, kind, ident):
             return True
-        key = (identity.user_id, f"{kind}:{ident}")
+        return await self._question((identity.user_id, f"{kind}:{ident}", "read"))
+
+    async def can_write(self, identity: Identity, kind: str, ident: str) -> bool:
+        """Claims first (unless they mark the channel read-only); then as `can_subscribe`."""
+        if identity.grants.is_read_only(kind, ident):
+            return False
+        if await self._claims.can_write(identity, kind, ident):
+            return True
+        return await self._question((identity.user_id, f"{kind}:{ident}", "write"))
+
+    async def _question(self, key: tuple[str, str, str]) -> bool:
         cached = self._cache.get(key)
         if cached is not None and cached[1] > time.monotonic():
             self._cache.move_to_end(key)
@@ -94,7 +114,7 @@ class HttpCallbackPolicy:
             self._in_flight[key] = task
         return await asyncio.shield(task)
 
-    async def _ask_and_cache(self, key: tuple[str, str]) -> bool:
+    async def _ask_and_cache(self, key: tuple[str, str, str]) -> bool:
         try:
             allowed = await self._ask(*key)
         finally:
@@ -104,13 +124,15 @@ class HttpCallbackPolicy:
             self._cache.popitem(last=False)
         return allowed
 
-    async def _ask(self, user_id: str, channel: str) -> bool:
+    async def _ask(self, user_id: str, channel: str, access: str) -> bool:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         self.calls += 1
         try:
             async with self._session.post(
-                self._url, json={"userId": user_id, "channel": channel}, headers=self._headers
+                self._url,
+                json={"userId": user_id, "channel": channel, "access": access},
+                headers=self._headers,
             ) as response:
                 if response.status != 200:
                     raise ProtocolError(

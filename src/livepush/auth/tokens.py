@@ -42,6 +42,8 @@ class Grants:
 
     admin: bool = False
     by_kind: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    #: Channels the token grants for reading only (claim `readOnly`), per kind, `*` for any.
+    read_only: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     def allows(self, kind: str, ident: str) -> bool:
         """True when the token itself grants this channel."""
@@ -50,9 +52,22 @@ class Grants:
         ids = self.by_kind.get(kind)
         return ids is not None and ("*" in ids or ident in ids)
 
+    def writes(self, kind: str, ident: str) -> bool:
+        """True when the token grants this channel and does not mark it read-only."""
+        return self.allows(kind, ident) and not self.is_read_only(kind, ident)
+
+    def is_read_only(self, kind: str, ident: str) -> bool:
+        """True when the token's `readOnly` claim covers this channel."""
+        ids = self.read_only.get(kind)
+        return ids is not None and ("*" in ids or ident in ids)
+
     @classmethod
     def from_claims(cls, claims: Mapping[str, Any]) -> Grants:
-        """Read `workflows`, `executions`, `projects`, `channels` and `admin` claims."""
+        """Read `workflows`, `executions`, `projects`, `channels`, `admin` and `readOnly`.
+
+        `readOnly` is `true` (everything granted is read-only) or a list of workflow ids and
+        `kind:id` patterns (`*` for any id): those may be read but not written (write locks,
+        CRDT edits)."""
         by_kind: dict[str, set[str]] = {}
         for claim, kind in GRANT_CLAIMS.items():
             by_kind.setdefault(kind, set()).update(_string_list(claims.get(claim)))
@@ -64,14 +79,31 @@ class Grants:
             kind, sep, ident = pattern.partition(":")
             if sep and kind in KINDS and ident:
                 by_kind.setdefault(kind, set()).add(ident)
-        key = (admin, tuple(sorted((k, tuple(sorted(v))) for k, v in by_kind.items() if v)))
+        read_only: dict[str, set[str]] = {}
+        if claims.get("readOnly") is True:
+            read_only = {kind: {"*"} for kind in KINDS}
+        for pattern in _string_list(claims.get("readOnly")):
+            kind, sep, ident = pattern.partition(":")
+            if not sep:
+                kind, ident = "workflow", pattern
+            if kind in KINDS and ident:
+                read_only.setdefault(kind, set()).add(ident)
+        key = (admin, _frozen(by_kind), _frozen(read_only))
         grants = _GRANTS.get(key)
         if grants is None:
             # Connections with the same permissions (every tab of a user, users of one role)
             # share one Grants object.
-            grants = cls(admin, {k: frozenset(ids) for k, ids in key[1]})
+            grants = cls(
+                admin,
+                {k: frozenset(ids) for k, ids in key[1]},
+                {k: frozenset(ids) for k, ids in key[2]},
+            )
             _GRANTS[key] = grants
         return grants
+
+
+def _frozen(by_kind: Mapping[str, set[str]]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    return tuple(sorted((k, tuple(sorted(v))) for k, v in by_kind.items() if v))
 
 
 _GRANTS: weakref.WeakValueDictionary[tuple[object, ...], Grants] = weakref.WeakValueDictionary()
@@ -92,6 +124,9 @@ class Identity:
     user_id: str
     expires_at: float | None
     grants: Grants
+    #: Who the user is, for collaborator lists (n8n's MinimalUser): `email`, `firstName`,
+    #: `lastName` from the token's claims of those names (or `given_name` / `family_name`).
+    profile: Mapping[str, str] = field(default_factory=dict)
 
 
 class TokenVerifier:
@@ -177,7 +212,7 @@ class TokenVerifier:
             )
         exp = claims.get("exp")
         expires_at = float(exp) + self._leeway if isinstance(exp, int | float) else None
-        return Identity(str(user_id), expires_at, Grants.from_claims(claims))
+        return Identity(str(user_id), expires_at, Grants.from_claims(claims), profile_of(claims))
 
     def _key_for(self, algorithm: object, kid: object) -> Any:
         if algorithm in HMAC_ALGORITHMS:
@@ -201,6 +236,26 @@ class TokenVerifier:
         raise AuthError(ErrorCode.TOKEN_INVALID, f"token algorithm {algorithm!r} is not accepted")
 
 
+#: Profile fields and the claims they are read from, in order of preference.
+PROFILE_CLAIMS: Final = {
+    "email": ("email",),
+    "firstName": ("firstName", "given_name"),
+    "lastName": ("lastName", "family_name"),
+}
+
+
+def profile_of(claims: Mapping[str, Any]) -> dict[str, str]:
+    """The user's name and email from token claims (strings up to 256 characters)."""
+    profile: dict[str, str] = {}
+    for name, sources in PROFILE_CLAIMS.items():
+        for claim in sources:
+            value = claims.get(claim)
+            if isinstance(value, str) and value:
+                profile[name] = value[:256]
+                break
+    return profile
+
+
 def algorithms_for_key(key: Any) -> frozenset[str]:
     """The signature algorithms a public key may verify."""
     if isinstance(key, rsa.RSAPublicKey):
@@ -221,6 +276,8 @@ def mint_token(
     executions: Iterable[str] = (),
     projects: Iterable[str] = (),
     admin: bool = False,
+    read_only: bool | Iterable[str] = (),
+    profile: Mapping[str, str] | None = None,
     audience: str | None = None,
     issuer: str | None = None,
     now: float | None = None,
@@ -234,6 +291,11 @@ def mint_token(
             claims[name] = listed
     if admin:
         claims["admin"] = True
+    if read_only is True:
+        claims["readOnly"] = True
+    elif not isinstance(read_only, bool) and (listed := list(read_only)):
+        claims["readOnly"] = listed
+    claims.update(profile or {})
     if audience:
         claims["aud"] = audience
     if issuer:

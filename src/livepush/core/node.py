@@ -484,6 +484,8 @@ class Node:
         commands with an id (n8n's own messages expect no answer), with `lock_held`."""
         channel = f"workflow:{workflow_id}"
         await self._authorize(session, channel)
+        if not await self.policy.can_write(session.identity, "workflow", workflow_id):
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"{channel!r} is read-only for this user")
         held = (session.locks or {}).get(channel)
         if renew_only and held is None:
             raise ProtocolError(ErrorCode.LOCK_NOT_HELD, "this tab does not hold the write lock")

@@ -85,6 +85,16 @@ class Config:
     max_connections_per_user: int = _opt(100, "connections one user may hold on a node")
     rate_limit: float = _opt(50.0, "client messages per second per connection")
     rate_burst: float = _opt(100.0, "client message burst per connection")
+    ephemeral_rate: float = _opt(
+        1000.0, "cursor and other ephemeral updates per second per connection (more are dropped)"
+    )
+    ephemeral_burst: float = _opt(2000.0, "ephemeral update burst per connection")
+    collab_flush_interval: float = _opt(
+        0.25, "seconds between two collaboratorsChanged of one room (changes are batched)"
+    )
+    collab_tick: float = _opt(
+        0.05, "seconds between ephemeral batches of a room (latest value per tab and kind)"
+    )
 
     execution_retention: float = _opt(
         3600.0, "seconds an execution's state and stored outputs outlive its last event"
@@ -130,7 +140,16 @@ class Config:
         if not self.rest_prefix.startswith("/"):
             raise ValueError("rest_prefix must start with '/'")
         self.rest_prefix = self.rest_prefix.rstrip("/")
-        for name in ("ping_interval", "history_ttl", "rate_limit", "presence_ttl", "push_ref_ttl"):
+        for name in (
+            "ping_interval",
+            "history_ttl",
+            "rate_limit",
+            "presence_ttl",
+            "push_ref_ttl",
+            "ephemeral_rate",
+            "collab_flush_interval",
+            "collab_tick",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.output_chunk_bytes < 1024:

@@ -112,6 +112,25 @@ class Metrics:
             "Subscriptions to executions started by the server (followers of a tab or workflow)",
             registry=r,
         )
+        self.collab_rooms = Gauge(
+            "livepush_collab_rooms", "Collaboration rooms with editors on this node", registry=r
+        )
+        self.collab_presence_sent = Counter(
+            "livepush_collab_presence_sent",
+            "collaboratorsChanged messages handed to connections",
+            registry=r,
+        )
+        self.collab_ephemeral = Counter(
+            "livepush_collab_ephemeral",
+            "Ephemeral updates (cursors...): received, coalesced (replaced by a newer one before "
+            "the tick), rate_limited (dropped), and batches delivered to connections",
+            ["outcome"],
+            registry=r,
+        )
+        self.collab_ephemeral_coalesced = self.collab_ephemeral.labels("coalesced")
+        self.collab_ephemeral_received = self.collab_ephemeral.labels("received")
+        self.collab_ephemeral_limited = self.collab_ephemeral.labels("rate_limited")
+        self.collab_ephemeral_delivered = self.collab_ephemeral.labels("delivered")
         self._out_by_type: dict[str, tuple[Any, Any]] = {}
         self._drops_by_reason: dict[str, Any] = {}
 

@@ -88,3 +88,12 @@ def test_abusive_client_recovers_after_paying_back() -> None:
 def test_take_without_now_uses_monotonic_clock() -> None:
     bucket = TokenBucket(1000.0, 2)
     assert bucket.take() is RateDecision.ALLOW
+
+
+def test_try_take_refusals_cost_nothing() -> None:
+    bucket = TokenBucket(rate=10, burst=2)
+    assert bucket.try_take(now=0.0) and bucket.try_take(now=0.0)
+    assert not any(bucket.try_take(now=0.0) for _ in range(1000))
+    # a client always over the limit still gets the rate through
+    assert bucket.try_take(now=0.1)
+    assert not bucket.try_take(now=0.1)

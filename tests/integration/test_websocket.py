@@ -266,6 +266,10 @@ async def test_n8n_flat_messages_heartbeat_and_workflow_opened(
     ws = await connect(http, server, "tab1")
     await ws.send_str('{"type":"heartbeat"}')
     await ws.send_str('{"type":"workflowOpened","workflowId":"1"}')
+    # the tab is a collaborator now (n8n's list, in the room's channel)
+    joined = await receive_until(ws, "collaboratorsChanged")
+    assert joined["channel"] == "collab:1"
+    assert [c["user"]["id"] for c in joined["data"]["collaborators"]] == ["alice"]
     # Heartbeats get no reply; the ping's reply is the next frame.
     assert (await command(ws, {"type": "ping", "id": 1}))["type"] == "reply"
     await server.publish(http, {"type": "workflowUpdated", "data": {}, "channel": "workflow:1"})

@@ -63,8 +63,21 @@ def tsc() -> Path:
     return TSC
 
 
-async def _type_check(tsc: Path, frames: list[dict[str, Any]]) -> tuple[int, str]:
-    source = HEADER + json.dumps(frames, indent=1) + " as const satisfies readonly Wire[];\n"
+async def _type_check(
+    tsc: Path, frames: list[dict[str, Any]], *, extensions: bool = False
+) -> tuple[int, str]:
+    """tsc's verdict on the frames as n8n's push messages. `extensions`: fields n8n's types
+    do not list are allowed (structural typing, as a client reading JSON sees it), the ones
+    they list must be there with their types."""
+    if extensions:
+        tail = (
+            " as const;\ntype Frozen<T> = T extends (infer U)[] ? readonly Frozen<U>[]"
+            " : T extends object ? { readonly [K in keyof T]: Frozen<T[K]> } : T;\n"
+            "export const checked: readonly Frozen<Wire>[] = recorded;\n"
+        )
+    else:
+        tail = " as const satisfies readonly Wire[];\n"
+    source = HEADER + json.dumps(frames, indent=1) + tail
     with tempfile.NamedTemporaryFile("w", suffix=".ts", dir=NODE_DIR, delete=False) as file:
         file.write(source)
     try:
@@ -125,3 +138,59 @@ async def test_recorded_execution_stream_type_checks_against_n8n(
     finished["data"]["status"] = "done"
     returncode, output = await _type_check(tsc, broken)
     assert returncode != 0 and "done" in output
+
+
+async def test_recorded_collaboration_messages_type_check_against_n8n(
+    server: RunningServer, http: aiohttp.ClientSession, tsc: Path
+) -> None:
+    """What an n8n editor tab receives when two people open a workflow and one takes the
+    write lock: n8n's collaboration messages, as n8n's own types have them."""
+    from tests.execution.test_executions import Watcher
+
+    profile = {"email": "ada@example.com", "firstName": "Ada", "lastName": "Lovelace"}
+    ada = await Watcher.open(http, server, "ada", server.token("ada", profile=profile))
+    bob = await Watcher.open(http, server, "bob", server.token("bob"))
+    for tab in (ada, bob):
+        await tab.ws.send_str(json.dumps({"type": "workflowOpened", "workflowId": "1"}))
+    await bob.until(
+        lambda: any(
+            len(f["data"]["collaborators"]) == 2
+            for f in bob.frames
+            if f["type"] == "collaboratorsChanged"
+        )
+    )
+    await ada.ws.send_str(json.dumps({"type": "writeAccessRequested", "workflowId": "1"}))
+    await bob.until(
+        lambda: (
+            "writeAccessAcquired" in bob.types("workflow:1")
+            and any(
+                len(f["data"]["collaborators"]) == 2
+                for f in bob.frames
+                if f["type"] == "collaboratorsChanged"
+            )
+        )
+    )
+    await bob.close()
+    await ada.until(
+        lambda: (
+            [
+                len(f["data"]["collaborators"])
+                for f in ada.frames
+                if f["type"] == "collaboratorsChanged"
+            ][-1]
+            == 1
+        )
+    )
+    await ada.close()
+    frames = [f for f in bob.frames + ada.frames if f["type"] != "connected"]
+    assert {f["type"] for f in frames} == {"collaboratorsChanged", "writeAccessAcquired"}
+    # livepush adds `tabs` to each collaborator and `fencingToken` to writeAccessAcquired
+    returncode, output = await _type_check(tsc, frames, extensions=True)
+    assert returncode == 0, output
+    # and the check can fail: n8n's MinimalUser needs every field
+    broken = json.loads(json.dumps(frames))
+    next(f for f in broken if f["type"] == "collaboratorsChanged")["data"]["collaborators"][0][
+        "user"
+    ].pop("email")
+    returncode, output = await _type_check(tsc, broken, extensions=True)
+    assert returncode != 0 and "email" in output

@@ -230,6 +230,10 @@ def test_every_catalogued_command_type_decodes_to_its_class() -> None:
         "writeAccessRequested": {"workflowId": "1"},
         "writeAccessReleaseRequested": {"workflowId": "1"},
         "writeAccessHeartbeat": {"workflowId": "1"},
+        "presenceUpdate": {"workflowId": "1", "state": {}},
+        "ephemeral": {"workflowId": "1", "kind": "cursor"},
+        "nodeLockRequested": {"workflowId": "1", "nodeId": "n"},
+        "nodeLockReleased": {"workflowId": "1", "nodeId": "n"},
     }
     assert set(minimal) == set(COMMANDS)
     for name, fields in minimal.items():

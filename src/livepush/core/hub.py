@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from livepush.core.session import Session
 from livepush.protocol.channels import SYSTEM
@@ -71,6 +71,14 @@ class Hub:
         recipients = self.recipients(publication.channel)
         if not recipients:
             return 0
+        self.deliver(recipients, publication)
+        if publication.type in self.watched:
+            self._observe(recipients, publication)
+        return len(recipients)
+
+    def deliver(self, recipients: Iterable[Session], publication: Publication) -> None:
+        """Stage a publication on these sessions; they write it at the end of the loop
+        iteration (with whatever else was staged for them)."""
         dirty = self._dirty
         for session in recipients:
             try:
@@ -78,8 +86,6 @@ class Hub:
                     dirty.append(session)
             except Exception:
                 self._failed(session, publication)
-        if publication.type in self.watched:
-            self._observe(recipients, publication)
         if dirty and not self._flush_scheduled:
             try:
                 loop = asyncio.get_running_loop()
@@ -91,7 +97,6 @@ class Hub:
                     loop.call_soon(loop.call_soon, self.flush)
                 else:
                     loop.call_soon(self.flush)
-        return len(recipients)
 
     def _observe(self, recipients: tuple[Session, ...], publication: Publication) -> None:
         for session in recipients:

@@ -20,9 +20,10 @@ import msgspec
 
 from livepush.auth.policy import AuthorizationPolicy, ClaimsPolicy
 from livepush.auth.tokens import Identity, TokenVerifier
+from livepush.collab.rooms import ROOM_PREFIX, Collab, CollabSettings
 from livepush.core.deadlines import Deadlines
 from livepush.core.hub import Hub, own_channels
-from livepush.core.ratelimit import RateDecision
+from livepush.core.ratelimit import RateDecision, TokenBucket
 from livepush.core.session import FrameWriter, Session, SessionLimits
 from livepush.engines.base import Engine, EngineUnavailable, Recovery
 from livepush.execution.relay import (
@@ -47,9 +48,13 @@ from livepush.protocol.channels import (
 from livepush.protocol.commands import (
     Command,
     CommandError,
+    Ephemeral,
     ExecutionSnapshot,
     Heartbeat,
+    NodeLockReleased,
+    NodeLockRequested,
     Ping,
+    PresenceUpdate,
     Refresh,
     Since,
     Subscribe,
@@ -99,6 +104,8 @@ class NodeSettings:
     flush_passes: int = 1
     #: The execution path (livepush/execution).
     execution: ExecutionSettings = field(default_factory=ExecutionSettings)
+    #: Collaboration rooms (default: timed to fit `presence_ttl`).
+    collab: CollabSettings | None = None
 
 
 @dataclass(slots=True)
@@ -166,6 +173,15 @@ class Node:
         )
         self.hub.watched = _WATCHED
         self.hub.observer = self._observe
+        #: Collaboration rooms (presence of editors, cursors).
+        self.collab = Collab(
+            self.broker,
+            self.presence,
+            self.hub,
+            self.metrics,
+            self._spawn,
+            self.settings.collab or CollabSettings.for_presence_ttl(self.settings.presence_ttl),
+        )
         self._background: set[asyncio.Task[None]] = set()
         self._recoveries: dict[tuple[str, str, int], asyncio.Future[Recovery]] = {}
         self._follow_batches: dict[tuple[str, str], list[Session]] = {}
@@ -184,6 +200,7 @@ class Node:
             loop.create_task(self._tick_deadlines()),
             loop.create_task(self._keepalive()),
             loop.create_task(self._renew()),
+            loop.create_task(self.collab.poll()),
         ]
 
     async def close(self) -> None:
@@ -284,6 +301,9 @@ class Node:
         return await self.publish(SYSTEM, message_type, data)
 
     def _on_publication(self, publication: Publication) -> None:
+        if publication.channel.startswith(ROOM_PREFIX):
+            self.collab.on_publication(publication)
+            return
         recipients = self.hub.fan_out(publication)
         self.metrics.fanned_out(publication, recipients)
 
@@ -466,7 +486,7 @@ class Node:
         session.mark({channel: joined.start})
         self._observe_all(session, joined.release(session, late_duplicates=self.broker.remote))
 
-    # -- locks (n8n's workflow write lock) ----------------------------------------------------
+    # -- locks (n8n's workflow write lock, node locks) ----------------------------------------
 
     async def write_access(
         self,
@@ -482,28 +502,70 @@ class Node:
         workflow's write lock for this tab. A new grant is announced to the workflow's
         watchers (`writeAccessAcquired`, with the fencing token); a refusal is answered only to
         commands with an id (n8n's own messages expect no answer), with `lock_held`."""
+        await self._take_lock(
+            session,
+            f"workflow:{workflow_id}",
+            workflow_id,
+            {},
+            reply,
+            request_id,
+            force=force,
+            renew_only=renew_only,
+        )
+
+    async def node_lock(
+        self,
+        session: Session,
+        workflow_id: str,
+        node_id: str,
+        reply: Reply,
+        request_id: Any = None,
+        *,
+        force: bool = False,
+    ) -> None:
+        """Lock one node of a workflow's canvas for this tab (renewed with its presence,
+        released with it); announced as `nodeLocked` to the workflow's watchers."""
+        await self._take_lock(
+            session,
+            f"node:{workflow_id}:{node_id}",
+            workflow_id,
+            {"nodeId": node_id},
+            reply,
+            request_id,
+            force=force,
+        )
+
+    async def _take_lock(
+        self,
+        session: Session,
+        name: str,
+        workflow_id: str,
+        what: dict[str, str],
+        reply: Reply,
+        request_id: Any,
+        *,
+        force: bool = False,
+        renew_only: bool = False,
+    ) -> None:
         channel = f"workflow:{workflow_id}"
         await self._authorize(session, channel)
         if not await self.policy.can_write(session.identity, "workflow", workflow_id):
             raise ProtocolError(ErrorCode.FORBIDDEN, f"{channel!r} is read-only for this user")
-        held = (session.locks or {}).get(channel)
+        held = (session.locks or {}).get(name)
+        label = f"the lock of node {what['nodeId']!r}" if what else "the write lock"
         if renew_only and held is None:
-            raise ProtocolError(ErrorCode.LOCK_NOT_HELD, "this tab does not hold the write lock")
+            raise ProtocolError(ErrorCode.LOCK_NOT_HELD, f"this tab does not hold {label}")
         granted, grant = await self.locks.acquire(
-            channel,
-            session.push_ref,
-            session.user_id,
-            self.settings.presence_ttl,
-            takeover=force,
+            name, session.push_ref, session.user_id, self.settings.presence_ttl, takeover=force
         )
         if not granted:
             if held is not None and session.locks is not None:
-                session.locks.pop(channel, None)  # lost (expired and taken)
+                session.locks.pop(name, None)  # lost (expired and taken)
             if request_id is not None:
                 reply(
                     error_message(
                         ErrorCode.LOCK_HELD,
-                        f"the write lock of {workflow_id!r} is held by user {grant.owner!r}"
+                        f"{label} of {workflow_id!r} is held by user {grant.owner!r}"
                         + (" in another tab" if grant.owner == session.user_id else ""),
                         request_id,
                     )
@@ -511,13 +573,14 @@ class Node:
             return
         if session.locks is None:
             session.locks = {}
-        session.locks[channel] = grant.token
+        session.locks[name] = grant.token
         if grant.token != held:
-            await self.publish(
+            await self._announce(
                 channel,
-                "writeAccessAcquired",
+                "nodeLocked" if what else "writeAccessAcquired",
                 {
                     "workflowId": workflow_id,
+                    **what,
                     "userId": session.user_id,
                     "clientId": session.push_ref,
                     "fencingToken": grant.token,
@@ -527,7 +590,12 @@ class Node:
             reply(
                 control_message(
                     "reply",
-                    {"workflowId": workflow_id, "fencingToken": grant.token, "ttl": grant.ttl},
+                    {
+                        "workflowId": workflow_id,
+                        **what,
+                        "fencingToken": grant.token,
+                        "ttl": grant.ttl,
+                    },
                     request_id,
                 )
             )
@@ -538,9 +606,32 @@ class Node:
         if token is None:
             return False
         released = await self.locks.release(name, session.push_ref, token)
-        if released and name.startswith("workflow:"):
-            await self.publish(name, "writeAccessReleased", {"workflowId": name[9:]})
+        if released:
+            if name.startswith("workflow:"):
+                await self._announce(name, "writeAccessReleased", {"workflowId": name[9:]})
+            elif name.startswith("node:"):
+                _, workflow_id, node_id = name.split(":", 2)
+                await self._announce(
+                    f"workflow:{workflow_id}",
+                    "nodeUnlocked",
+                    {"workflowId": workflow_id, "nodeId": node_id},
+                )
         return released
+
+    async def _announce(self, channel: str, message_type: str, data: dict[str, Any]) -> None:
+        """Publish a message of the server's own (its type may be reserved to the server)."""
+        await self.broker.publish(Publication(channel, message_type, msgspec.json.encode(data)))
+        self.metrics.publications.labels(metric_label(message_type)).inc()
+
+    async def close_workflow(self, session: Session, workflow_id: str) -> None:
+        """n8n's `workflowClosed`: the tab leaves the workflow's room, lets go of its locks
+        there (as n8n does with the write lock) and unsubscribes from `workflow:<id>`."""
+        await self.collab.leave(session, workflow_id)
+        await self.release_lock(session, f"workflow:{workflow_id}")
+        prefix = f"node:{workflow_id}:"
+        for name in [n for n in session.locks or () if n.startswith(prefix)]:
+            await self.release_lock(session, name)
+        await self.unsubscribe(session, f"workflow:{workflow_id}")
 
     def _recover(self, channel: str, since: StreamPosition) -> asyncio.Future[Recovery]:
         """`broker.recover`, shared by the sessions that ask for the same position in the same
@@ -678,6 +769,11 @@ class Node:
         reason = session.close_code.name.lower() if session.close_code else "client_closed"
         self.metrics.disconnects.labels(reason).inc()
         self.metrics.connections.labels(session.writer.transport).dec()
+        if session.rooms:
+            try:
+                await self.collab.leave_all(session)
+            except Exception as exc:  # (its entries lapse by themselves after member_ttl)
+                log.warning("leaving the rooms of %r failed: %s", session, exc)
         if session.locks:
             # a lock lives as long as its holder's presence
             for name in list(session.locks):
@@ -931,6 +1027,9 @@ class Node:
                     ]
                     if entries:
                         await self.presence.join_many(entries, settings.presence_ttl)
+                members = self.collab.renewals(sessions)
+                if members:
+                    await self.presence.join_many(members, self.collab.settings.member_ttl)
                 for s in sessions:
                     for name, token in list((s.locks or {}).items()):
                         granted, grant = await self.locks.acquire(
@@ -980,6 +1079,15 @@ class Node:
         """One client message: rate limit, decode, execute. Replies go to `reply` (the SSE
         POST response) or, by default, down the connection itself."""
         reply = reply or session.send_control
+        if _maybe_ephemeral(raw):
+            ephemeral = _decode_ephemeral(raw)
+            if ephemeral is not None:
+                # cursors and the like have their own rate limit, over which they are dropped
+                # without a word (a mouse fires many moves; the next one supersedes them)
+                if self._ephemeral_allowed(session):
+                    self.metrics.received(ephemeral.type, len(raw))
+                    await self.execute(session, ephemeral, reply)
+                return
         decision = session.rate.take()
         if decision is not RateDecision.ALLOW:
             self.metrics.received("rate_limited", len(raw))
@@ -1013,6 +1121,18 @@ class Node:
             return
         self.metrics.received(command.type, len(raw))
         await self.execute(session, command, reply)
+
+    def _ephemeral_allowed(self, session: Session) -> bool:
+        bucket = session.ephemeral_rate
+        if bucket is None:
+            limits = session.limits
+            bucket = session.ephemeral_rate = TokenBucket(
+                limits.ephemeral_rate, limits.ephemeral_burst
+            )
+        if bucket.try_take():
+            return True
+        self.metrics.collab_ephemeral_limited.inc()
+        return False
 
     async def run_commands(self, push_ref: str, user_id: str, messages: list[bytes]) -> list[bytes]:
         """Run client messages for the connection `push_ref` (the SSE POST), on this node or,
@@ -1082,6 +1202,26 @@ class Node:
                 await self.subscribe(
                     session, channel, None, reply if rid is not None else _discard, rid
                 )
+            if channel in session.channels:
+                await self.collab.join(session, command.workflowId, command.state)
+        elif isinstance(command, PresenceUpdate):
+            await self.collab.update(session, command.workflowId, command.state)
+            if rid is not None:
+                reply(control_message("reply", {"workflowId": command.workflowId}, rid))
+        elif isinstance(command, Ephemeral):
+            self.collab.ephemeral(session, command.workflowId, command.kind, command.data)
+        elif isinstance(command, NodeLockRequested):
+            await self.node_lock(
+                session, command.workflowId, command.nodeId, reply, rid, force=command.force
+            )
+        elif isinstance(command, NodeLockReleased):
+            name = f"node:{command.workflowId}:{command.nodeId}"
+            if not await self.release_lock(session, name):
+                raise ProtocolError(
+                    ErrorCode.LOCK_NOT_HELD, f"this tab does not hold the lock of {name!r}"
+                )
+            if rid is not None:
+                reply(control_message("reply", {"workflowId": command.workflowId}, rid))
         elif isinstance(command, WriteAccessRequested | WriteAccessHeartbeat):
             await self.write_access(
                 session,
@@ -1102,9 +1242,7 @@ class Node:
         elif isinstance(command, ExecutionSnapshot):
             await self.execution_snapshot(session, command.executionId, reply, rid)
         elif isinstance(command, WorkflowClosed):
-            # closing the workflow lets go of its write lock (as n8n does)
-            await self.release_lock(session, f"workflow:{command.workflowId}")
-            await self.unsubscribe(session, f"workflow:{command.workflowId}")
+            await self.close_workflow(session, command.workflowId)
             if rid is not None:
                 reply(control_message("reply", {}, rid))
         else:  # pragma: no cover - COMMANDS and this dispatch are kept in step
@@ -1128,6 +1266,26 @@ class Node:
                     await self._drained.wait()
         for session in self.hub.sessions():
             session.close(CloseCode.SERVICE_RESTART, "server restarting; reconnect", flush=False)
+
+
+#: Messages holding this may be ephemeral updates (checked before the general rate limit).
+_EPHEMERAL_MARK = b'"ephemeral"'
+_EPHEMERAL_TEXT = '"ephemeral"'
+
+
+def _maybe_ephemeral(raw: str | bytes) -> bool:
+    if isinstance(raw, bytes):
+        return _EPHEMERAL_MARK in raw
+    return _EPHEMERAL_TEXT in raw
+
+
+def _decode_ephemeral(raw: str | bytes) -> Ephemeral | None:
+    """The message as an ephemeral update, None when it is anything else."""
+    try:
+        command = decode_command(raw)
+    except ProtocolError:
+        return None
+    return command if isinstance(command, Ephemeral) else None
 
 
 #: Tries to follow an execution while the engine fails (0.2 s, 0.4 s... apart).

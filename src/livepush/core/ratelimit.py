@@ -41,3 +41,15 @@ class TokenBucket:
         if self._tokens < -self.burst:
             return RateDecision.ABUSIVE
         return RateDecision.LIMITED
+
+    def try_take(self, now: float | None = None) -> bool:
+        """Spend one token if there is one; a refusal costs nothing (for messages that are
+        dropped, so a client always over the limit still gets `rate` through)."""
+        now = time.monotonic() if now is None else now
+        elapsed = max(0.0, now - self._last)
+        self._tokens = min(self.burst, self._tokens + elapsed * self.rate)
+        self._last = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True

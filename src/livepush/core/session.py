@@ -19,7 +19,7 @@ import logging
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from livepush.core.ratelimit import TokenBucket
 from livepush.protocol.envelope import Priority, Publication, StreamPosition
@@ -95,6 +95,12 @@ class SessionLimits:
     max_subscriptions: int = 128
     rate: float = 50.0
     burst: float = 100.0
+    #: Ephemeral updates (cursors...) per second: over it they are dropped, never answered
+    #: nor held against the connection. A mouse can fire 1000 moves a second, and coalescing
+    #: (latest per tab and kind per tick) already bounds what others receive; this bounds
+    #: what a flood costs the server.
+    ephemeral_rate: float = 1000.0
+    ephemeral_burst: float = 2000.0
 
 
 class _Mark:
@@ -133,6 +139,7 @@ class Session:
         "close_reason",
         "closed",
         "deadline",
+        "ephemeral_rate",
         "follows",
         "identity",
         "limits",
@@ -140,6 +147,7 @@ class Session:
         "metrics",
         "push_ref",
         "rate",
+        "rooms",
         "warned",
         "writer",
     )
@@ -187,6 +195,11 @@ class Session:
         self.follows: set[str] | None = None
         #: Locks this connection holds: name -> fencing token; created on first use.
         self.locks: dict[str, int] | None = None
+        #: Collaboration rooms the tab is in: workflow id -> its presence entry; created on
+        #: first use.
+        self.rooms: dict[str, dict[str, Any]] | None = None
+        #: The separate, dropping rate limit of ephemeral updates (cursors); on first use.
+        self.ephemeral_rate: TokenBucket | None = None
 
     @property
     def user_id(self) -> str:

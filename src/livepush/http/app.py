@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from livepush.auth.policy import ClaimsPolicy, HttpCallbackPolicy
 from livepush.auth.tokens import TokenVerifier
+from livepush.collab.crdt.endpoint import add_crdt_routes
 from livepush.collab.locks import check_lock, describe_lock
 from livepush.config import Config
 from livepush.core.node import Node, NodeSettings
@@ -217,6 +218,7 @@ def create_app(config: Config, node: Node | None = None) -> web.Application:
     app.router.add_get("/api/v1/presence", presence)
     app.router.add_post("/api/v1/locks/check", lock_check)
     add_execution_routes(app, node, config, handshake_settings)
+    add_crdt_routes(app, node, config, handshake_settings)
     app.router.add_get("/api/v1/openapi.json", openapi_json)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -41,6 +41,7 @@ WORKFLOW_TYPES: Final = frozenset(
 
 COLLABORATION_TYPES: Final = frozenset(
     {"collaboratorsChanged", "writeAccessAcquired", "writeAccessReleased"}
+    | {"collabEphemeral", "nodeLocked", "nodeUnlocked"}  # livepush's own
 )
 
 OTHER_N8N_TYPES: Final = frozenset(

@@ -67,15 +67,54 @@ class Presence(Command, kw_only=True):
 
 
 class WorkflowOpened(Command, kw_only=True):
-    """n8n: the editor opened a workflow; livepush subscribes the tab to `workflow:<id>`."""
+    """n8n: the editor opened a workflow; livepush subscribes the tab to `workflow:<id>` and
+    makes it a collaborator (optionally with its first `state`)."""
 
     workflowId: str
+    state: dict[str, Any] | None = None
 
 
 class WorkflowClosed(Command, kw_only=True):
     """n8n: the editor closed a workflow; livepush unsubscribes the tab from `workflow:<id>`."""
 
     workflowId: str
+
+
+class PresenceUpdate(Command, kw_only=True):
+    """The tab's state in a workflow it opened (selected node, open panel, active/idle),
+    shown to the other collaborators."""
+
+    workflowId: str
+    state: dict[str, Any]
+
+
+class Ephemeral(Command, kw_only=True):
+    """A cursor position, selection, typing indicator, viewport... of the tab in a workflow it
+    opened: relayed to the other collaborators, latest value per kind per tick, never stored."""
+
+    workflowId: str
+    kind: Annotated[str, msgspec.Meta(max_length=32)]
+    data: Any = None
+
+
+class NodeLockRequested(Command, kw_only=True):
+    """Lock one node of a workflow's canvas for this tab (`force`: take it from the same
+    user's other tab)."""
+
+    workflowId: str
+    nodeId: Annotated[
+        str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.@=+\-]+$")
+    ]
+    force: bool = False
+
+
+class NodeLockReleased(Command, kw_only=True):
+    """Let go of a node lock this tab holds."""
+
+    workflowId: str
+    nodeId: Annotated[
+        str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.@=+\-]+$")
+    ]
 
 
 class WriteAccessRequested(Command, kw_only=True):
@@ -117,6 +156,10 @@ COMMANDS: Final[dict[str, type[Command]]] = {
     "writeAccessRequested": WriteAccessRequested,
     "writeAccessReleaseRequested": WriteAccessReleaseRequested,
     "writeAccessHeartbeat": WriteAccessHeartbeat,
+    "presenceUpdate": PresenceUpdate,
+    "ephemeral": Ephemeral,
+    "nodeLockRequested": NodeLockRequested,
+    "nodeLockReleased": NodeLockReleased,
 }
 
 _decode_any = msgspec.json.Decoder()

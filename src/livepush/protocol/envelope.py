@@ -34,6 +34,12 @@ RESERVED_TYPES: Final = frozenset(
         # large node output announced, and its pieces
         "executionStream",
         "executionOutput",
+        # collaboration (livepush/collab): batched cursors and the like, the signal between
+        # nodes, node locks
+        "collabEphemeral",
+        "collabSignal",
+        "nodeLocked",
+        "nodeUnlocked",
         "executionOutputChunk",
     }
 )

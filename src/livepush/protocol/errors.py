@@ -44,6 +44,8 @@ class ErrorCode(StrEnum):
     LOCK_HELD = "lock_held"
     LOCK_NOT_HELD = "lock_not_held"
     OUTPUT_NOT_FOUND = "output_not_found"
+    READ_ONLY = "read_only"
+    DOCUMENT_TOO_LARGE = "document_too_large"
     INTERNAL_ERROR = "internal_error"
 
 

@@ -1,0 +1,410 @@
+"""Collaboration rooms: who is editing a workflow, and what their cursors are doing, the same
+on every node of a cluster.
+
+A room is `collab:<workflowId>`. Its members are the tabs that opened the workflow
+(`workflowOpened`, n8n's message). Watching `workflow:<id>` alone (an API consumer, a
+dashboard) does not make anyone a collaborator, and the room's traffic never enters the
+workflow's stream or history.
+
+**Presence** (user > tabs > state). Each tab's entry lives in the engine's presence store under
+the room (key: the tab's pushRef; value: the user's profile, the tab's state such as its
+selected node, open panel and active/idle status, and when it last changed), renewed with the
+node's other presence. A tab that closes leaves at once; a dead node's tabs lapse within
+`member_ttl`. A change is announced to every node by a signal (an ephemeral publication in the
+room's channel that no client receives). A node with editors in the room then reads the
+members, at most once per `flush_interval`, and when the list changed sends it to its editors
+as n8n's `collaboratorsChanged` (one encoding for all of them, and at most one message per
+room per interval however many people join). Nodes also re-read every `poll_interval`: that
+is how the lapse of a dead node's tabs is noticed.
+
+**Ephemeral state** (cursor, selection, typing, viewport, any short `kind`). A tab's updates are
+kept per (tab, kind), the latest replacing the previous, and sent every `tick` as one batch
+per room per node (`collabEphemeral`) through the engine to the editors of every node.
+Ephemeral publications are never stored, and a connection that falls behind drops them before
+anything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
+
+from livepush.engines.base import Broker, PresenceStore
+from livepush.protocol.envelope import Priority, Publication
+from livepush.protocol.errors import ErrorCode, ProtocolError
+
+if TYPE_CHECKING:
+    from livepush.core.hub import Hub
+    from livepush.core.session import Session
+    from livepush.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+#: Channel prefix of collaboration rooms.
+ROOM_PREFIX: Final = "collab:"
+#: Internal publication type telling every node a room's presence changed (never delivered).
+SIGNAL: Final = "collabSignal"
+#: Batched ephemeral updates of one node's tabs in one room.
+EPHEMERAL: Final = "collabEphemeral"
+#: n8n's presence message.
+COLLABORATORS: Final = "collaboratorsChanged"
+
+_KIND = re.compile(r"[A-Za-z][A-Za-z0-9_\-]{0,31}")
+_encode = msgspec.json.encode
+_SIGNAL_DATA: Final = b"{}"
+
+
+@dataclass(frozen=True, slots=True)
+class CollabSettings:
+    """Timing and size limits of collaboration rooms."""
+
+    #: At most one `collaboratorsChanged` per room per this many seconds.
+    flush_interval: float = 0.25
+    #: Ephemeral updates are coalesced (latest per tab and kind) and sent this often.
+    tick: float = 0.05
+    #: A tab's presence entry outlives its node's last renewal by this long.
+    member_ttl: float = 25.0
+    #: Each node re-reads the members of its rooms this often (notices dead nodes' tabs).
+    poll_interval: float = 2.5
+    #: Largest tab state (`presenceUpdate`), encoded.
+    max_state_bytes: int = 1024
+    #: Largest ephemeral update value, encoded.
+    max_ephemeral_bytes: int = 2048
+
+    @classmethod
+    def for_presence_ttl(cls, presence_ttl: float, **kwargs: Any) -> CollabSettings:
+        """Settings whose dead-node detection fits in `presence_ttl`: entries live 5/6 of it
+        and are polled every 1/12 of it (30 s: 25 s and 2.5 s)."""
+        return cls(member_ttl=presence_ttl * 5 / 6, poll_interval=presence_ttl / 12, **kwargs)
+
+
+def room_channel(workflow_id: str) -> str:
+    """The room channel of a workflow."""
+    return ROOM_PREFIX + workflow_id
+
+
+def validate_kind(kind: str) -> str:
+    """An ephemeral kind: a letter, then up to 31 of A-Z a-z 0-9 _ -."""
+    if not _KIND.fullmatch(kind):
+        raise ProtocolError(
+            ErrorCode.INVALID_MESSAGE,
+            "kind must be a letter followed by up to 31 of A-Z a-z 0-9 _ -",
+        )
+    return kind
+
+
+def iso_now() -> str:
+    """The current UTC time as n8n writes it (ISO 8601, milliseconds, `Z`)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def collaborators(workflow_id: str, members: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """n8n's `collaboratorsChanged` data from a room's presence entries: one collaborator per
+    user (`user`, `lastSeen`: n8n's fields), with livepush's `tabs` (each tab's `clientId`,
+    `state` and `lastSeen`) added. Users and tabs are in a stable order."""
+    users: dict[str, dict[str, Any]] = {}
+    for client_id, info in sorted(members.items()):
+        user = info.get("user")
+        if not isinstance(user, dict) or not isinstance(user.get("id"), str):
+            continue
+        seen = str(info.get("lastSeen", ""))
+        entry = users.get(user["id"])
+        if entry is None:
+            entry = users[user["id"]] = {"user": user, "lastSeen": seen, "tabs": []}
+        elif seen > entry["lastSeen"]:
+            entry["lastSeen"] = seen
+        entry["tabs"].append(
+            {"clientId": client_id, "state": info.get("state", {}), "lastSeen": seen}
+        )
+    return {"workflowId": workflow_id, "collaborators": [users[u] for u in sorted(users)]}
+
+
+class Room:
+    """One room on one node: its local editors and the state of its batching."""
+
+    __slots__ = (
+        "channel",
+        "dirty",
+        "editors",
+        "flush_handle",
+        "flushing",
+        "last_flush",
+        "pending",
+        "publishing",
+        "sent",
+        "tick_handle",
+        "workflow_id",
+    )
+
+    def __init__(self, workflow_id: str) -> None:
+        self.workflow_id = workflow_id
+        self.channel = room_channel(workflow_id)
+        self.editors: dict[Session, None] = {}
+        #: The last `collaboratorsChanged` data sent to this node's editors.
+        self.sent: bytes | None = None
+        self.flush_handle: asyncio.TimerHandle | None = None
+        self.flushing = False
+        self.dirty = False
+        self.last_flush = 0.0
+        #: Ephemeral updates of this node's tabs waiting for the next tick, per (tab, kind).
+        self.pending: dict[tuple[str, str], bytes] = {}
+        self.tick_handle: asyncio.TimerHandle | None = None
+        #: A batch is on its way to the engine (the next waits: batches stay in order).
+        self.publishing = False
+
+
+Spawn = Callable[[Coroutine[Any, Any, None]], None]
+
+
+class Collab:
+    """The collaboration rooms of one node."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        presence: PresenceStore,
+        hub: Hub,
+        metrics: Metrics,
+        spawn: Spawn,
+        settings: CollabSettings | None = None,
+    ) -> None:
+        self.broker = broker
+        self.presence = presence
+        self.hub = hub
+        self.metrics = metrics
+        self.settings = settings or CollabSettings()
+        self._spawn = spawn
+        self.rooms: dict[str, Room] = {}
+
+    # -- membership --------------------------------------------------------------------------
+
+    async def join(
+        self, session: Session, workflow_id: str, state: dict[str, Any] | None = None
+    ) -> None:
+        """Make the tab a collaborator of the workflow (again: refreshes its state)."""
+        rooms = session.rooms
+        if rooms is None:
+            rooms = session.rooms = {}
+        info = rooms.get(workflow_id)
+        if info is None:
+            info = rooms[workflow_id] = {"user": _user(session), "state": {}}
+        if state is not None:
+            info["state"] = self._checked_state(state)
+        info["lastSeen"] = iso_now()
+        room = self.rooms.get(workflow_id)
+        if room is None:
+            room = self.rooms[workflow_id] = Room(workflow_id)
+            await self.broker.subscribe(room.channel)
+            self.metrics.collab_rooms.set(len(self.rooms))
+        room.editors[session] = None
+        await self.presence.join(room.channel, session.push_ref, info, self.settings.member_ttl)
+        await self._signal(room)
+
+    async def update(self, session: Session, workflow_id: str, state: dict[str, Any]) -> None:
+        """Change the tab's state in a room it is in (selected node, open panel, status)."""
+        if workflow_id not in (session.rooms or {}):
+            raise ProtocolError(
+                ErrorCode.NOT_SUBSCRIBED, f"open workflow {workflow_id!r} first (workflowOpened)"
+            )
+        await self.join(session, workflow_id, state)
+
+    async def leave(self, session: Session, workflow_id: str) -> bool:
+        """The tab is no longer a collaborator; False when it was not one."""
+        if session.rooms is None or session.rooms.pop(workflow_id, None) is None:
+            return False
+        room = self.rooms.get(workflow_id)
+        if room is None:
+            return True
+        room.editors.pop(session, None)
+        # a reconnect under the same pushRef may already have joined again: its entry stays
+        if self.hub.session(session.push_ref) in (session, None):
+            await self.presence.leave(room.channel, session.push_ref)
+        if not room.editors:
+            self._drop(room)
+        await self._signal(room)
+        return True
+
+    async def leave_all(self, session: Session) -> None:
+        """A closed tab leaves all its rooms at once."""
+        for workflow_id in list(session.rooms or ()):
+            await self.leave(session, workflow_id)
+
+    def _drop(self, room: Room) -> None:
+        del self.rooms[room.workflow_id]
+        for handle in (room.flush_handle, room.tick_handle):
+            if handle is not None:
+                handle.cancel()
+        if room.pending:
+            self._send_tick(room)
+        self.metrics.collab_rooms.set(len(self.rooms))
+        self._spawn(self.broker.unsubscribe(room.channel))
+
+    def renewals(self, sessions: Iterable[Session]) -> list[tuple[str, str, dict[str, Any]]]:
+        """The presence entries of these sessions' rooms (renewed by the node)."""
+        return [
+            (room_channel(workflow_id), s.push_ref, info)
+            for s in sessions
+            if s.rooms
+            for workflow_id, info in s.rooms.items()
+        ]
+
+    def _checked_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        if len(_encode(state)) > self.settings.max_state_bytes:
+            raise ProtocolError(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"tab state over {self.settings.max_state_bytes} bytes",
+            )
+        return state
+
+    async def members(self, workflow_id: str) -> dict[str, Any]:
+        """The room's collaborators, cluster-wide (as `collaboratorsChanged` has them)."""
+        return collaborators(workflow_id, await self.presence.members(room_channel(workflow_id)))
+
+    # -- presence broadcast ------------------------------------------------------------------
+
+    async def _signal(self, room: Room) -> None:
+        """Tell every node (this one included) that the room's presence changed."""
+        await self.broker.publish(
+            Publication(room.channel, SIGNAL, _SIGNAL_DATA, priority=Priority.EPHEMERAL)
+        )
+
+    def on_publication(self, publication: Publication) -> None:
+        """A room publication from the engine (any node's)."""
+        room = self.rooms.get(publication.channel[len(ROOM_PREFIX) :])
+        if room is None:
+            return
+        if publication.type == SIGNAL:
+            self._schedule(room)
+        elif publication.type == EPHEMERAL:
+            editors = tuple(room.editors)
+            self.hub.deliver(editors, publication)
+            self.metrics.collab_ephemeral_delivered.inc(len(editors))
+
+    def _schedule(self, room: Room) -> None:
+        if room.flush_handle is not None or room.flushing:
+            room.dirty = True
+            return
+        delay = max(0.0, room.last_flush + self.settings.flush_interval - time.monotonic())
+        room.flush_handle = asyncio.get_running_loop().call_later(delay, self._start_flush, room)
+
+    def _start_flush(self, room: Room) -> None:
+        room.flush_handle = None
+        if self.rooms.get(room.workflow_id) is not room:
+            return
+        room.flushing = True
+        room.dirty = False
+        self._spawn(self._flush(room))
+
+    async def _flush(self, room: Room) -> None:
+        try:
+            try:
+                members = await self.presence.members(room.channel)
+            except Exception as exc:  # retried at the next poll
+                log.warning("reading the members of %s failed: %r", room.channel, exc)
+                return
+            data = _encode(collaborators(room.workflow_id, members))
+            if data != room.sent and room.editors:
+                room.sent = data
+                publication = Publication(
+                    room.channel, COLLABORATORS, data, priority=Priority.EPHEMERAL, key="presence"
+                )
+                self.hub.deliver(tuple(room.editors), publication)
+                self.metrics.collab_presence_sent.inc(len(room.editors))
+        finally:
+            room.flushing = False
+            room.last_flush = time.monotonic()
+            if room.dirty:
+                self._schedule(room)
+
+    async def poll(self) -> None:
+        """Re-read every local room now and then: a dead node's tabs lapse without a signal."""
+        while True:
+            await asyncio.sleep(self.settings.poll_interval)
+            for room in list(self.rooms.values()):
+                self._schedule(room)
+
+    # -- ephemeral state ---------------------------------------------------------------------
+
+    def ephemeral(self, session: Session, workflow_id: str, kind: str, data: Any) -> None:
+        """Keep the tab's latest value of `kind`; it goes out with the room's next tick."""
+        room = self.rooms.get(workflow_id)
+        if room is None or session not in room.editors:
+            raise ProtocolError(
+                ErrorCode.NOT_SUBSCRIBED, f"open workflow {workflow_id!r} first (workflowOpened)"
+            )
+        update = _encode(
+            {
+                "clientId": session.push_ref,
+                "userId": session.user_id,
+                "kind": validate_kind(kind),
+                "data": data,
+            }
+        )
+        if len(update) > self.settings.max_ephemeral_bytes:
+            raise ProtocolError(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"ephemeral update over {self.settings.max_ephemeral_bytes} bytes",
+            )
+        self.metrics.collab_ephemeral_received.inc()
+        key = (session.push_ref, kind)
+        if key in room.pending:
+            self.metrics.collab_ephemeral_coalesced.inc()
+        room.pending[key] = update
+        if room.tick_handle is None:
+            room.tick_handle = asyncio.get_running_loop().call_later(
+                self.settings.tick, self._send_tick, room
+            )
+
+    def _send_tick(self, room: Room) -> None:
+        room.tick_handle = None
+        if not room.pending:
+            return
+        if room.publishing:
+            # the previous batch is still on its way: this one waits (and keeps coalescing)
+            room.tick_handle = asyncio.get_running_loop().call_later(
+                self.settings.tick, self._send_tick, room
+            )
+            return
+        pending, room.pending = room.pending, {}
+        data = b"".join(
+            (
+                b'{"workflowId":',
+                _encode(room.workflow_id),
+                b',"updates":[',
+                b",".join(pending.values()),
+                b"]}",
+            )
+        )
+        room.publishing = True
+        self._spawn(
+            self._publish(
+                room, Publication(room.channel, EPHEMERAL, data, priority=Priority.EPHEMERAL)
+            )
+        )
+
+    async def _publish(self, room: Room, publication: Publication) -> None:
+        try:
+            await self.broker.publish(publication)
+        except Exception as exc:  # ephemeral: lost, the next tick carries newer values
+            log.warning("ephemeral batch of %s lost: %r", room.channel, exc)
+        finally:
+            room.publishing = False
+
+
+def _user(session: Session) -> dict[str, str]:
+    """n8n's MinimalUser of the session's user (profile fields it lacks are empty)."""
+    profile = session.identity.profile
+    return {
+        "id": session.user_id,
+        "email": profile.get("email", ""),
+        "firstName": profile.get("firstName", ""),
+        "lastName": profile.get("lastName", ""),
+    }

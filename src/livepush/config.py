@@ -114,6 +114,37 @@ class Config:
         1024 * 1024 * 1024, "memory engine: total bytes of stored outputs (oldest evicted)"
     )
 
+    crdt_path: str = _opt(
+        "livepush-crdt.sqlite3",
+        "SQLite file of the CRDT documents with the memory engine (relative to the working "
+        "directory, created on first use; :memory: keeps them in this process only)",
+    )
+    crdt_max_update_bytes: int = _opt(
+        1024 * 1024,
+        "largest CRDT message from a client (an update, or a first sync); larger ones close "
+        "the connection with 1009",
+    )
+    crdt_max_doc_bytes: int = _opt(
+        16 * 1024 * 1024,
+        "largest stored CRDT document (snapshot and updates); updates past it are refused",
+    )
+    crdt_compact_updates: int = _opt(
+        500, "stored updates of a CRDT document that are merged into its snapshot"
+    )
+    crdt_unload_delay: float = _opt(
+        10.0, "seconds a CRDT document stays loaded after its last connection left"
+    )
+    crdt_rate_limit: float = _opt(
+        200.0,
+        "CRDT messages per second per connection (bursts of twice that); faster updates wait, "
+        "surplus awareness updates are dropped",
+    )
+    crdt_n8n_framing: bool = _opt(
+        False,
+        "speak n8n's own CRDT framing (type byte + raw update, no sync steps) on "
+        "{rest}/crdt?docId= instead of y-protocols",
+    )
+
     flush_passes: int = _opt(
         0,
         "event-loop passes a staged publication waits before the socket writes; 2 lets the "
@@ -156,6 +187,11 @@ class Config:
             raise ValueError("output_chunk_bytes must be at least 1024")
         if not self.output_inline_bytes <= self.output_push_limit <= self.output_max_bytes:
             raise ValueError("need output_inline_bytes <= output_push_limit <= output_max_bytes")
+        for name in ("crdt_max_update_bytes", "crdt_max_doc_bytes", "crdt_compact_updates"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.crdt_rate_limit <= 0 or self.crdt_unload_delay < 0:
+            raise ValueError("crdt_rate_limit must be positive, crdt_unload_delay not negative")
         for name in ("max_queue_messages", "max_queue_bytes", "max_message_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")

@@ -14,6 +14,7 @@ from livepush.auth.policy import ClaimsPolicy, HttpCallbackPolicy
 from livepush.auth.tokens import TokenVerifier
 from livepush.collab.crdt.endpoint import add_crdt_routes
 from livepush.collab.locks import check_lock, describe_lock
+from livepush.collab.rooms import CollabSettings
 from livepush.config import Config
 from livepush.core.node import Node, NodeSettings
 from livepush.core.session import SessionLimits
@@ -109,6 +110,11 @@ def build_node(config: Config) -> Node:
             presence_ttl=config.presence_ttl,
             flush_passes=config.flush_passes or (2 if config.engine == "redis" else 1),
             execution=execution_settings(config),
+            collab=CollabSettings.for_presence_ttl(
+                config.presence_ttl,
+                flush_interval=config.collab_flush_interval,
+                tick=config.collab_tick,
+            ),
         ),
         limits=SessionLimits(
             max_queue_messages=config.max_queue_messages,
@@ -116,6 +122,8 @@ def build_node(config: Config) -> Node:
             max_subscriptions=config.max_subscriptions,
             rate=config.rate_limit,
             burst=config.rate_burst,
+            ephemeral_rate=config.ephemeral_rate,
+            ephemeral_burst=config.ephemeral_burst,
         ),
     )
 

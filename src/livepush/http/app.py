@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import AsyncIterator
+from typing import Any, Literal
 
 import msgspec
 from aiohttp import web
@@ -15,6 +16,7 @@ from livepush.auth.tokens import TokenVerifier
 from livepush.collab.crdt.endpoint import add_crdt_routes
 from livepush.collab.locks import check_lock, describe_lock
 from livepush.collab.rooms import CollabSettings
+from livepush.collab.save import check_fencing, resolve_save
 from livepush.config import Config
 from livepush.core.node import Node, NodeSettings
 from livepush.core.session import SessionLimits
@@ -191,6 +193,35 @@ def create_app(config: Config, node: Node | None = None) -> web.Application:
             return error_response(exc)
         return json_response({"lock": body.lock, "valid": valid, "current": current})
 
+    async def save_resolve(request: web.Request) -> web.Response:
+        """What a host application's save endpoint stores (API key): versions compared,
+        last-write-wins per property; 409 with `version_conflict` / `lock_lost`."""
+        refused = check_api_key(request, api_key)
+        if refused is not None:
+            return refused
+        try:
+            body = msgspec.json.decode(await request.read(), type=SaveResolve)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return json_error(400, ErrorCode.BAD_REQUEST, f"invalid save request: {exc}")
+        if (body.lock is None) != (body.token is None):
+            return json_error(400, ErrorCode.BAD_REQUEST, "send `lock` and `token` together")
+        try:
+            result = None
+            if body.lock is not None and body.token is not None:
+                result = await check_fencing(node, body.lock, body.token)
+            if result is None:
+                result = resolve_save(
+                    stored=body.stored,
+                    stored_version=body.storedVersion,
+                    incoming=body.incoming,
+                    base_version=body.baseVersion,
+                    base=body.base,
+                    policy=body.policy,
+                )
+        except ProtocolError as exc:
+            return error_response(exc)
+        return json_response(result.describe(), status=409 if result.status == "conflict" else 200)
+
     async def healthz(request: web.Request) -> web.Response:
         # the process id tells which worker answered (`--workers`)
         return json_response({"status": "ok", "pid": os.getpid()})
@@ -225,6 +256,7 @@ def create_app(config: Config, node: Node | None = None) -> web.Application:
     )
     app.router.add_get("/api/v1/presence", presence)
     app.router.add_post("/api/v1/locks/check", lock_check)
+    app.router.add_post("/api/v1/saves/resolve", save_resolve)
     add_execution_routes(app, node, config, handshake_settings)
     add_crdt_routes(app, node, config, handshake_settings)
     app.router.add_get("/api/v1/openapi.json", openapi_json)
@@ -240,6 +272,19 @@ def create_app(config: Config, node: Node | None = None) -> web.Application:
 
     app.cleanup_ctx.append(lifecycle)
     return app
+
+
+class SaveResolve(msgspec.Struct):
+    """`POST /api/v1/saves/resolve` (see `livepush.collab.save`)."""
+
+    stored: dict[str, Any]
+    storedVersion: str
+    incoming: dict[str, Any]
+    baseVersion: str
+    base: dict[str, Any] | None = None
+    policy: Literal["last_write_wins", "reject"] = "last_write_wins"
+    lock: str | None = None
+    token: int | None = None
 
 
 class LockCheck(msgspec.Struct):

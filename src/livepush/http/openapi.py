@@ -138,6 +138,23 @@ def openapi_document(rest_prefix: str) -> dict[str, Any]:
                     },
                 }
             },
+            "/api/v1/saves/resolve": {
+                "post": {
+                    "summary": "What a save endpoint stores: versions compared, "
+                    "last-write-wins per property",
+                    "description": "Body {stored, storedVersion, incoming, baseVersion, base?, "
+                    "policy? (last_write_wins | reject), lock?, token?}. 200 {status: saved | "
+                    "merged, document, versionId, overwritten?}; 409 {status: conflict, code: "
+                    "version_conflict | lock_lost, message, conflicts?}.",
+                    "security": [{"apiKey": []}],
+                    "responses": {
+                        "200": {"description": "{status, document, versionId, overwritten?}"},
+                        "400": error,
+                        "401": error,
+                        "409": {"description": "{status: conflict, code, message, conflicts?}"},
+                    },
+                }
+            },
             "/healthz": {
                 "get": {
                     "summary": "Process is alive",

@@ -43,6 +43,8 @@ class ErrorCode(StrEnum):
     EXECUTION_NOT_FOUND = "execution_not_found"
     LOCK_HELD = "lock_held"
     LOCK_NOT_HELD = "lock_not_held"
+    LOCK_LOST = "lock_lost"
+    VERSION_CONFLICT = "version_conflict"
     OUTPUT_NOT_FOUND = "output_not_found"
     READ_ONLY = "read_only"
     DOCUMENT_TOO_LARGE = "document_too_large"

@@ -44,16 +44,35 @@ async def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
         stores.append(store)
         return store
 
-    make.kind = request.param  # type: ignore[attr-defined]
     yield make
     for store in stores:
         await store.close()
     if url:
-        client = aioredis.Redis.from_url(url)
-        keys = [key async for key in client.scan_iter(f"{prefix}:*")]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
+        await _delete_keys(url, prefix)
+
+
+async def _delete_keys(url: str, prefix: str) -> None:
+    client = aioredis.Redis.from_url(url)
+    keys = [key async for key in client.scan_iter(f"{prefix}:*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+@pytest.fixture
+async def redis_nodes() -> AsyncIterator[Callable[..., RedisDocumentStore]]:
+    """Redis stores sharing one key prefix: several nodes of one cluster."""
+    url, prefix = redis_url(), f"lpcrdt-{uuid.uuid4().hex[:8]}"
+    stores: list[RedisDocumentStore] = []
+
+    def make(**settings: Any) -> RedisDocumentStore:
+        stores.append(RedisDocumentStore(url, StoreSettings(**settings), prefix=prefix))
+        return stores[-1]
+
+    yield make
+    for store in stores:
+        await store.close()
+    await _delete_keys(url, prefix)
 
 
 def edits(count: int, *, size: int = 10) -> tuple[list[bytes], dict[str, str]]:
@@ -155,10 +174,10 @@ def test_squash_keeps_updates_whose_dependencies_are_missing():
     assert content([squashed, updates[0]]) == expected
 
 
-async def test_other_nodes_updates_arrive_through_the_feed(make_store: StoreFactory):
-    if make_store.kind != "redis":  # type: ignore[attr-defined]
-        pytest.skip("a single-node store has no feed")
-    node_a, node_b = make_store(), make_store()
+async def test_other_nodes_updates_arrive_through_the_feed(
+    redis_nodes: Callable[..., RedisDocumentStore],
+):
+    node_a, node_b = redis_nodes(), redis_nodes()
     await node_a.start()
     await node_b.start()
     received: list[bytes] = []
@@ -178,16 +197,13 @@ async def test_other_nodes_updates_arrive_through_the_feed(make_store: StoreFact
 
 
 async def test_an_update_whose_announcement_was_lost_is_read_from_the_stream(
-    make_store: StoreFactory,
+    redis_nodes: Callable[..., RedisDocumentStore],
 ):
     """A writer whose pub/sub message nobody receives (as when it is lost): the reader's
     periodic check finds the gap and reads it; the next announced update fills it too."""
-    if make_store.kind != "redis":  # type: ignore[attr-defined]
-        pytest.skip("a single-node store has no feed")
-    writer, reader = make_store(), make_store()
+    writer, reader = redis_nodes(), redis_nodes()
     await writer.start()
     await reader.start()
-    assert isinstance(writer, RedisDocumentStore) and isinstance(reader, RedisDocumentStore)
     received: list[bytes] = []
     reader.on_updates = lambda doc_id, updates: received.extend(updates)
     await reader.load("doc1")
@@ -207,13 +223,12 @@ async def test_an_update_whose_announcement_was_lost_is_read_from_the_stream(
     await eventually(lambda: content(received) == expected)
 
 
-async def test_a_node_behind_a_compaction_gets_the_snapshot(make_store: StoreFactory):
-    if make_store.kind != "redis":  # type: ignore[attr-defined]
-        pytest.skip("a single-node store has no feed")
-    writer, reader = make_store(compact_updates=5), make_store(compact_updates=5)
+async def test_a_node_behind_a_compaction_gets_the_snapshot(
+    redis_nodes: Callable[..., RedisDocumentStore],
+):
+    writer, reader = redis_nodes(compact_updates=5), redis_nodes(compact_updates=5)
     await writer.start()
     await reader.start()
-    assert isinstance(writer, RedisDocumentStore) and isinstance(reader, RedisDocumentStore)
     received: list[bytes] = []
     reader.on_updates = lambda doc_id, updates: received.extend(updates)
     await reader.load("doc1")

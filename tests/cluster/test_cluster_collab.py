@@ -1,6 +1,6 @@
 """Collaboration across real `livepush serve` processes on one Redis: a node killed with
 SIGKILL takes its editors out of everyone's collaborator list within the presence TTL, and its
-tabs' locks become free for the others."""
+tabs' locks become free for the others (the write lock's end announced once)."""
 
 from __future__ import annotations
 
@@ -68,7 +68,8 @@ async def test_a_killed_nodes_editors_and_locks_go_within_the_ttl() -> None:
         await bob.ws.send_str(
             json.dumps({"type": "nodeLockRequested", "workflowId": "w", "nodeId": "n1", "id": 1})
         )
-        await ada.wait(lambda: ada.of_type("nodeLocked"))
+        await bob.ws.send_str(json.dumps({"type": "writeAccessRequested", "workflowId": "w"}))
+        await ada.wait(lambda: ada.of_type("nodeLocked") and ada.of_type("writeAccessAcquired"))
         # still there after several renewals (longer than the TTL)
         await asyncio.sleep(4.0)
         assert ada.users() == ["ada", "bob"]
@@ -80,6 +81,10 @@ async def test_a_killed_nodes_editors_and_locks_go_within_the_ttl() -> None:
         # the entry lapses 2.5 s after its last renewal and is polled every 0.25 s; slack for
         # a loaded machine
         assert loop.time() - killed < 6.0
+        # the write lock ended with its holder's node: the survivor announces it, once
+        await ada.wait(lambda: ada.of_type("writeAccessReleased"))
+        await asyncio.sleep(1.0)
+        assert len(ada.of_type("writeAccessReleased")) == 1
         # the dead tab's node lock expires with its presence: ada can take it then
         for request in range(2, 100):
             await ada.ws.send_str(

@@ -308,3 +308,33 @@ async def test_node_locks(
     assert refused["data"]["code"] == "forbidden"
     for tab in (bob, reader):
         await tab.close()
+
+
+async def test_a_released_write_lock_is_announced_once(
+    server_factory: ServerFactory, http: aiohttp.ClientSession
+) -> None:
+    """The releasing node announces the release; the rooms' lock watch (polled every 0.1 s
+    here) does not announce it again."""
+    server = await server_factory(presence_ttl=1.2)
+    ada = await editor(http, server, "ada-1", "ada")
+    bob = await editor(http, server, "bob-1", "bob")
+    await bob.until(lambda: latest_users(bob) == ["ada", "bob"])
+    for request in (1, 3):
+        granted = await ada.command(
+            {"type": "writeAccessRequested", "workflowId": "1", "id": request}
+        )
+        assert granted["type"] == "reply"
+        await asyncio.sleep(0.3)  # a few polls see the lock
+        released = await ada.command(
+            {"type": "writeAccessReleaseRequested", "workflowId": "1", "id": request + 1}
+        )
+        assert released["type"] == "reply"
+    await asyncio.sleep(0.5)
+    assert bob.types("workflow:1") == [
+        "writeAccessAcquired",
+        "writeAccessReleased",
+        "writeAccessAcquired",
+        "writeAccessReleased",
+    ]
+    for tab in (ada, bob):
+        await tab.close()

@@ -30,6 +30,7 @@ import asyncio
 import logging
 import re
 import time
+import uuid
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
-from livepush.engines.base import Broker, PresenceStore
+from livepush.engines.base import Broker, LockStore, PresenceStore
 from livepush.protocol.envelope import Priority, Publication
 from livepush.protocol.errors import ErrorCode, ProtocolError
 
@@ -137,6 +138,7 @@ class Room:
         "flush_handle",
         "flushing",
         "last_flush",
+        "lock_token",
         "pending",
         "publishing",
         "sent",
@@ -159,9 +161,20 @@ class Room:
         self.tick_handle: asyncio.TimerHandle | None = None
         #: A batch is on its way to the engine (the next waits: batches stay in order).
         self.publishing = False
+        #: The fencing token of the workflow's write lock when last read (None: free).
+        self.lock_token: int | None = None
 
 
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
+Announce = Callable[[str, str, dict[str, Any]], Coroutine[Any, Any, None]]
+
+#: How long the claim to announce one lock's end is kept (only one node announces it).
+_ANNOUNCED_TTL: Final = 300.0
+
+
+def ended_claim(lock: str, token: int) -> str:
+    """The presence-store claim that the end of the lock's grant `token` was announced."""
+    return f"ended:{lock}:{token}"
 
 
 class Collab:
@@ -175,9 +188,16 @@ class Collab:
         metrics: Metrics,
         spawn: Spawn,
         settings: CollabSettings | None = None,
+        *,
+        locks: LockStore | None = None,
+        announce: Announce | None = None,
     ) -> None:
         self.broker = broker
         self.presence = presence
+        self.locks = locks
+        self._announce = announce
+        #: Owner of this node's claims in the presence store.
+        self.node_id = uuid.uuid4().hex[:12]
         self.hub = hub
         self.metrics = metrics
         self.settings = settings or CollabSettings()
@@ -311,6 +331,7 @@ class Collab:
                 log.warning("reading the members of %s failed: %r", room.channel, exc)
                 return
             data = _encode(collaborators(room.workflow_id, members))
+            await self._watch_write_lock(room)
             if data != room.sent and room.editors:
                 room.sent = data
                 publication = Publication(
@@ -323,6 +344,33 @@ class Collab:
             room.last_flush = time.monotonic()
             if room.dirty:
                 self._schedule(room)
+
+    async def _watch_write_lock(self, room: Room) -> None:
+        """Announce `writeAccessReleased` for a write lock that ended without a release (its
+        holder's node died, or the holder stopped renewing it): once, by whichever node
+        notices first. A released lock is claimed as announced by the releasing node."""
+        if self.locks is None or self._announce is None:
+            return
+        lock = f"workflow:{room.workflow_id}"
+        try:
+            grant = await self.locks.holder(lock)
+            token = None if grant is None else grant.token
+            previous, room.lock_token = room.lock_token, token
+            if (
+                previous is not None
+                and grant is None
+                and await self.claim_lock_end(lock, previous, noticed=True)
+            ):
+                await self._announce(lock, "writeAccessReleased", {"workflowId": room.workflow_id})
+        except Exception as exc:  # read again at the next poll
+            log.warning("watching the write lock of %s failed: %r", room.channel, exc)
+
+    async def claim_lock_end(self, lock: str, token: int, *, noticed: bool = False) -> bool:
+        """True for the one node that may announce the end of this grant: the node that
+        released it, or the first to notice it lapsed (`noticed`; a node's releases and
+        notices claim under different owners, so it never announces one end twice)."""
+        owner = self.node_id if noticed else f"{self.node_id}:released"
+        return await self.presence.claim(ended_claim(lock, token), owner, _ANNOUNCED_TTL)
 
     async def poll(self) -> None:
         """Re-read every local room now and then: a dead node's tabs lapse without a signal."""

@@ -181,6 +181,8 @@ class Node:
             self.metrics,
             self._spawn,
             self.settings.collab or CollabSettings.for_presence_ttl(self.settings.presence_ttl),
+            locks=self.locks,
+            announce=self._announce,
         )
         self._background: set[asyncio.Task[None]] = set()
         self._recoveries: dict[tuple[str, str, int], asyncio.Future[Recovery]] = {}
@@ -608,7 +610,9 @@ class Node:
         released = await self.locks.release(name, session.push_ref, token)
         if released:
             if name.startswith("workflow:"):
-                await self._announce(name, "writeAccessReleased", {"workflowId": name[9:]})
+                # (claimed, so that no node announces its end again when it notices it)
+                if await self.collab.claim_lock_end(name, token):
+                    await self._announce(name, "writeAccessReleased", {"workflowId": name[9:]})
             elif name.startswith("node:"):
                 _, workflow_id, node_id = name.split(":", 2)
                 await self._announce(

@@ -338,3 +338,24 @@ async def test_a_released_write_lock_is_announced_once(
     ]
     for tab in (ada, bob):
         await tab.close()
+
+
+async def test_a_reconnect_under_the_same_push_ref_stays_in_the_room(
+    server: RunningServer, http: aiohttp.ClientSession
+) -> None:
+    ada = await editor(http, server, "ada-1", "ada")
+    bob = await editor(http, server, "bob-1", "bob")
+    await bob.until(lambda: latest_users(bob) == ["ada", "bob"])
+    # the same tab connects again before the server noticed the old connection died
+    again = await Watcher.open(http, server, "ada-1", server.token("ada"), channels="workflow:1")
+    await ada.until(lambda: ada.ws.closed)
+    await asyncio.sleep(0.5)  # more than a flush interval: a departure would have been sent
+    assert latest_users(bob) == ["ada", "bob"]
+    # it is a member without opening the workflow again: its cursor reaches bob
+    await again.ws.send_str(cursor(3))
+    await bob.until(
+        lambda: any(u["clientId"] == "ada-1" for b in batches(bob) for u in b["updates"])
+    )
+    await again.close()
+    await bob.until(lambda: latest_users(bob) == ["bob"])
+    await bob.close()

@@ -78,7 +78,16 @@ TransportMode: TypeAlias = Literal["auto", "websocket", "sse"]
 
 #: Commands that are safe to send twice: re-sent after a reconnect if their reply was lost.
 DEFAULT_IDEMPOTENT: Final = frozenset(
-    {"subscribe", "unsubscribe", "ping", "presence", "executionSnapshot"}
+    {
+        "subscribe",
+        "unsubscribe",
+        "ping",
+        "presence",
+        "executionSnapshot",
+        "workflowOpened",
+        "workflowClosed",
+        "presenceUpdate",
+    }
 )
 #: Close codes after which the client does not reconnect.
 NO_RECONNECT_CODES: Final = frozenset({4003, 4009})
@@ -350,6 +359,9 @@ class Client:
             self._tracker.track(channel)
         #: Channels the server subscribed the connection to (`executionStream`).
         self._followed: dict[str, None] = {}
+        #: Collaboration rooms the client is in (workflow id -> its tab state), joined
+        #: again on every reconnect.
+        self._rooms: dict[str, dict[str, Any] | None] = {}
         self._outputs: OutputAssembler[Callable[[], None]] = OutputAssembler(max_output_bytes)
         self._released: deque[Callable[[], None] | Assembly] = deque()
         self._releasing = False
@@ -581,6 +593,77 @@ class Client:
     async def ping(self) -> None:
         """A round trip to the server."""
         await self.command("ping")
+
+    # -- collaboration ---------------------------------------------------------------------
+
+    @property
+    def rooms(self) -> list[str]:
+        """The workflows this client has open (it rejoins their rooms on every reconnect)."""
+        return list(self._rooms)
+
+    async def open_workflow(
+        self, workflow_id: str, state: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """n8n's `workflowOpened`: subscribe to `workflow:<id>` and join its collaboration
+        room (with the tab's first `state`); returns the subscribe reply data. Members get
+        `collaboratorsChanged` (listen with `on("collaboratorsChanged", ...)`) and the room's
+        `collabEphemeral` batches. The room is joined again after each reconnect."""
+        fields: dict[str, Any] = {"workflowId": workflow_id}
+        if state is not None:
+            fields["state"] = dict(state)
+        self._tracker.track(f"workflow:{workflow_id}")
+        try:
+            reply = await self.command("workflowOpened", **fields)
+        except BaseException:
+            if not self._kept(f"workflow:{workflow_id}"):
+                self._tracker.forget(f"workflow:{workflow_id}")
+            raise
+        self._rooms[workflow_id] = None if state is None else dict(state)
+        return reply
+
+    async def close_workflow(self, workflow_id: str) -> None:
+        """n8n's `workflowClosed`: leave the room (the tab's locks there go with it) and
+        the workflow's channel."""
+        self._rooms.pop(workflow_id, None)
+        await self.command("workflowClosed", workflowId=workflow_id)
+
+    async def update_presence(self, workflow_id: str, state: Mapping[str, Any]) -> None:
+        """Show the other collaborators this tab's state (selected node, panel, status)."""
+        await self.command("presenceUpdate", workflowId=workflow_id, state=dict(state))
+        if workflow_id in self._rooms:
+            self._rooms[workflow_id] = dict(state)
+
+    def send_ephemeral(self, workflow_id: str, kind: str, data: Any) -> None:
+        """A cursor position, selection, viewport... (`kind`) for the room's other members;
+        unanswered, coalesced by the server to the latest per kind per tick. Not queued
+        while disconnected (a cursor position is stale by the time the client reconnects)."""
+        if self._state is ConnectionState.CONNECTED:
+            self.send("ephemeral", workflowId=workflow_id, kind=kind, data=data)
+
+    async def request_write_access(
+        self, workflow_id: str, *, force: bool = False
+    ) -> dict[str, Any]:
+        """Take the workflow's write lock for this tab; returns `fencingToken` and `ttl`.
+        The server renews it while the connection lives and releases it with the connection
+        (after a reconnect, request it again: the token changes). Raises `CommandError`
+        `lock_held` / `forbidden`."""
+        return await self.command("writeAccessRequested", workflowId=workflow_id, force=force)
+
+    async def release_write_access(self, workflow_id: str) -> None:
+        """Let go of the workflow's write lock (`lock_not_held` if this tab has not got it)."""
+        await self.command("writeAccessReleaseRequested", workflowId=workflow_id)
+
+    async def lock_node(
+        self, workflow_id: str, node_id: str, *, force: bool = False
+    ) -> dict[str, Any]:
+        """Lock one node of the canvas for this tab; returns `fencingToken` and `ttl`."""
+        return await self.command(
+            "nodeLockRequested", workflowId=workflow_id, nodeId=node_id, force=force
+        )
+
+    async def unlock_node(self, workflow_id: str, node_id: str) -> None:
+        """Let go of a node lock."""
+        await self.command("nodeLockReleased", workflowId=workflow_id, nodeId=node_id)
 
     async def execution_snapshot(self, execution_id: str) -> dict[str, Any]:
         """Catch up with an execution: send `executionSnapshot` and return the reply data
@@ -1092,6 +1175,12 @@ class Client:
         self._emit_message(_message(message))
         for channel, position in failed:
             self._recovery_failed(channel, position)
+        # rooms are presence, not history: join them again (the channel itself resumed)
+        for workflow_id, state in self._rooms.items():
+            room: dict[str, Any] = {"type": "workflowOpened", "workflowId": workflow_id}
+            if state is not None:
+                room["state"] = state
+            self._queue.appendleft(_Outgoing(room, None, False))
         if self._queue:
             self._queue_ready.set()
 

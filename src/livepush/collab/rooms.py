@@ -252,6 +252,19 @@ class Collab:
         await self._signal(room)
         return True
 
+    def transfer(self, previous: Session, session: Session) -> None:
+        """A reconnect under the same pushRef replaced `previous`: the new connection is the
+        same tab, and stays in its rooms (its entries are the same)."""
+        rooms, previous.rooms = previous.rooms, None
+        if not rooms:
+            return
+        session.rooms = {**rooms, **(session.rooms or {})}
+        for workflow_id in rooms:
+            room = self.rooms.get(workflow_id)
+            if room is not None:
+                room.editors.pop(previous, None)
+                room.editors[session] = None
+
     async def leave_all(self, session: Session) -> None:
         """A closed tab leaves all its rooms at once."""
         for workflow_id in list(session.rooms or ()):

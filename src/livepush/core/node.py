@@ -732,6 +732,7 @@ class Node:
             raise
         if previous is not None:
             await self._forget(previous)
+            self.collab.transfer(previous, session)
             previous.close(
                 CloseCode.REPLACED, "replaced by a newer connection with the same pushRef"
             )

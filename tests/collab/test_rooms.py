@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import RunningServer, ServerFactory, redis_url
+from tests.conftest import API_KEY, RunningServer, ServerFactory, redis_url
 from tests.execution.test_executions import Watcher
 
 
@@ -69,6 +69,14 @@ async def test_editors_see_each_other_with_profiles_tabs_and_state(
             )
         )
     data = lists(bob)[-1]
+    async with http.get(
+        f"{b.url}/api/v1/workflows/1/collaborators",
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    ) as response:
+        assert response.status == 200
+        assert await response.json() == data  # the same list, from the API
+    async with http.get(f"{b.url}/api/v1/workflows/1/collaborators") as response:
+        assert response.status == 401
     assert data["workflowId"] == "1"
     first = data["collaborators"][0]
     assert first["user"] == {

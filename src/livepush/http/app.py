@@ -28,6 +28,7 @@ from livepush.http.errors import json_error, json_response
 from livepush.http.executions import add_execution_routes
 from livepush.http.openapi import openapi_document
 from livepush.http.publish import PublishHandler, check_api_key
+from livepush.protocol.channels import parse_channel
 from livepush.protocol.errors import ErrorCode, ProtocolError
 from livepush.transports.handshake import (
     HandshakeSettings,
@@ -177,6 +178,18 @@ def create_app(config: Config, node: Node | None = None) -> web.Application:
         except ProtocolError as exc:
             return error_response(exc)
 
+    async def collaborators(request: web.Request) -> web.Response:
+        """A workflow's collaborators, cluster-wide (API key): as `collaboratorsChanged`."""
+        refused = check_api_key(request, api_key)
+        if refused is not None:
+            return refused
+        try:
+            workflow_id = request.match_info["workflowId"]
+            parse_channel(f"workflow:{workflow_id}")
+            return json_response(await node.collab.members(workflow_id))
+        except ProtocolError as exc:
+            return error_response(exc)
+
     async def lock_check(request: web.Request) -> web.Response:
         """Whether a fencing token is a lock's current one (API key): for save endpoints."""
         refused = check_api_key(request, api_key)
@@ -255,6 +268,7 @@ def create_app(config: Config, node: Node | None = None) -> web.Application:
         "/api/v1/publish", PublishHandler(node, config.api_key, config.max_publish_bytes).handle
     )
     app.router.add_get("/api/v1/presence", presence)
+    app.router.add_get("/api/v1/workflows/{workflowId}/collaborators", collaborators)
     app.router.add_post("/api/v1/locks/check", lock_check)
     app.router.add_post("/api/v1/saves/resolve", save_resolve)
     add_execution_routes(app, node, config, handshake_settings)

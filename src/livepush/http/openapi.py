@@ -125,6 +125,15 @@ def openapi_document(rest_prefix: str) -> dict[str, Any]:
                     },
                 }
             },
+            "/api/v1/workflows/{workflowId}/collaborators": {
+                "get": {
+                    "summary": "Who is editing a workflow, cluster-wide",
+                    "description": "As collaboratorsChanged: {workflowId, collaborators: "
+                    "[{user, lastSeen, tabs}]}.",
+                    "security": [{"apiKey": []}],
+                    "responses": {"200": {"description": "the list"}, "400": error, "401": error},
+                }
+            },
             "/api/v1/locks/check": {
                 "post": {
                     "summary": "Whether a fencing token is a lock's current one",

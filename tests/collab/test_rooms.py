@@ -367,3 +367,32 @@ async def test_a_reconnect_under_the_same_push_ref_stays_in_the_room(
     await again.close()
     await bob.until(lambda: latest_users(bob) == ["bob"])
     await bob.close()
+
+
+async def test_the_last_editor_leaving_and_a_new_one_arriving_at_once(
+    pair: tuple[RunningServer, RunningServer], http: aiohttp.ClientSession
+) -> None:
+    """A reload: the node's last editor of a room leaves and a new tab opens the room right
+    away; the new tab still hears the other nodes' changes (the room's engine subscription
+    was not ended under it)."""
+    a, b = pair
+    bob = await editor(http, b, "bob-1", "bob")
+    for round_ in range(5):
+        ada = await editor(http, a, f"ada-{round_}", "ada")
+        await ada.until(lambda ada=ada: latest_users(ada) == ["ada", "bob"])
+        fresh = await Watcher.open(http, a, f"ada-new-{round_}", a.token("ada"))
+        opened = json.dumps({"type": "workflowOpened", "workflowId": "1"})
+        await asyncio.gather(ada.close(), fresh.ws.send_str(opened))
+        await bob.ws.send_str(
+            json.dumps({"type": "presenceUpdate", "workflowId": "1", "state": {"round": round_}})
+        )
+        await fresh.until(
+            lambda fresh=fresh, round_=round_: any(
+                t["state"] == {"round": round_}
+                for data in lists(fresh)[-1:]
+                for c in data["collaborators"]
+                for t in c["tabs"]
+            )
+        )
+        await fresh.close()
+    await bob.close()

@@ -210,20 +210,30 @@ class Collab:
         self, session: Session, workflow_id: str, state: dict[str, Any] | None = None
     ) -> None:
         """Make the tab a collaborator of the workflow (again: refreshes its state)."""
+        checked = None if state is None else self._checked_state(state)
+        room = self.rooms.get(workflow_id)
+        if room is None:
+            room = self.rooms[workflow_id] = Room(workflow_id)
+            try:
+                await self.broker.subscribe(room.channel)
+            except BaseException:
+                if self.rooms.get(workflow_id) is room and not room.editors:
+                    del self.rooms[workflow_id]
+                raise
+            self.metrics.collab_rooms.set(len(self.rooms))
+        if session.closed:  # (it closed meanwhile: its close found no room to leave)
+            if not room.editors and self.rooms.get(workflow_id) is room:
+                await self._drop(room)
+            return
         rooms = session.rooms
         if rooms is None:
             rooms = session.rooms = {}
         info = rooms.get(workflow_id)
         if info is None:
             info = rooms[workflow_id] = {"user": _user(session), "state": {}}
-        if state is not None:
-            info["state"] = self._checked_state(state)
+        if checked is not None:
+            info["state"] = checked
         info["lastSeen"] = iso_now()
-        room = self.rooms.get(workflow_id)
-        if room is None:
-            room = self.rooms[workflow_id] = Room(workflow_id)
-            await self.broker.subscribe(room.channel)
-            self.metrics.collab_rooms.set(len(self.rooms))
         room.editors[session] = None
         await self.presence.join(room.channel, session.push_ref, info, self.settings.member_ttl)
         await self._signal(room)
@@ -247,8 +257,8 @@ class Collab:
         # a reconnect under the same pushRef may already have joined again: its entry stays
         if self.hub.session(session.push_ref) in (session, None):
             await self.presence.leave(room.channel, session.push_ref)
-        if not room.editors:
-            self._drop(room)
+        if not room.editors and self.rooms.get(workflow_id) is room:
+            await self._drop(room)
         await self._signal(room)
         return True
 
@@ -270,7 +280,9 @@ class Collab:
         for workflow_id in list(session.rooms or ()):
             await self.leave(session, workflow_id)
 
-    def _drop(self, room: Room) -> None:
+    async def _drop(self, room: Room) -> None:
+        """Forget a room with no local editor left. The engine subscription ends before any
+        other join can run (an unsubscribe left for later could end a new room's)."""
         del self.rooms[room.workflow_id]
         for handle in (room.flush_handle, room.tick_handle):
             if handle is not None:
@@ -278,7 +290,7 @@ class Collab:
         if room.pending:
             self._send_tick(room)
         self.metrics.collab_rooms.set(len(self.rooms))
-        self._spawn(self.broker.unsubscribe(room.channel))
+        await self.broker.unsubscribe(room.channel)
 
     def renewals(self, sessions: Iterable[Session]) -> list[tuple[str, str, dict[str, Any]]]:
         """The presence entries of these sessions' rooms (renewed by the node)."""

@@ -411,3 +411,24 @@ def test_permission_denied_frame_is_what_y_websocket_reads():
     # y-protocols auth.js: varUint messageAuth (2), varUint permissionDenied (0), varString
     assert permission_denied("document_too_large")[:3] == b"\x02\x00\x12"
     assert EMPTY_UPDATE == b"\x00\x00"
+
+
+async def test_document_connections_per_user_are_bounded(
+    server_factory: ServerFactory, http: aiohttp.ClientSession, tmp_path: Any
+):
+    server = await server_factory(
+        crdt_path=str(tmp_path / "docs.sqlite3"), max_connections_per_user=2
+    )
+    url = f"{server.url}/rest/crdt/1?token={server.token()}"
+    first = await http.ws_connect(url)
+    second = await http.ws_connect(url)
+    with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+        await http.ws_connect(url)
+    assert caught.value.status == 429
+    # another user is not affected, and a closed connection frees its place
+    other = await http.ws_connect(f"{server.url}/rest/crdt/1?token={server.token('bob')}")
+    await first.close()
+    await eventually(lambda: len(service(server).connections) == 2)
+    third = await http.ws_connect(url)
+    for ws in (second, other, third):
+        await ws.close()

@@ -231,6 +231,9 @@ class CrdtService:
         self.handshake = handshake
         self.settings = settings
         self.connections: set[CrdtConnection] = set()
+        #: Document connections per user on this node (`max_connections_per_user` apart from
+        #: the push endpoint's).
+        self._per_user: dict[str, int] = {}
         # what a connection may queue: a whole document (its first sync) and some traffic
         self._queue_limit = settings.max_queue_bytes + rooms.store.settings.max_doc_bytes
 
@@ -245,9 +248,34 @@ class CrdtService:
                 dialect = Dialect.N8N
         try:
             identity, can_write = await self._admit(request, query, doc_id)
+            user = identity.user_id
+            limit = self.node.settings.max_connections_per_user
+            if self._per_user.get(user, 0) >= limit:
+                raise ProtocolError(
+                    ErrorCode.TOO_MANY_CONNECTIONS,
+                    f"user {user!r} already has {limit} document connections on this server",
+                )
         except ProtocolError as exc:
             self.node.metrics.handshake_failures.labels(exc.code.value).inc()
             return _refusal(exc)
+        self._per_user[user] = self._per_user.get(user, 0) + 1
+        try:
+            return await self._serve(request, identity, can_write, doc_id, dialect)
+        finally:
+            left = self._per_user[user] - 1
+            if left:
+                self._per_user[user] = left
+            else:
+                del self._per_user[user]
+
+    async def _serve(
+        self,
+        request: web.Request,
+        identity: Identity,
+        can_write: bool,
+        doc_id: str,
+        dialect: Dialect,
+    ) -> web.StreamResponse:
         ws = web.WebSocketResponse(
             # larger messages are refused by `_receive` with a reason (aiohttp's own refusal,
             # past twice the limit, has none)

@@ -167,19 +167,7 @@ def _merge_objects(
     path: Path,
     overlaps: list[Overlap],
 ) -> dict[str, Any]:
-    merged: dict[str, Any] = {}
-    keys = list(stored) + [k for k in incoming if k not in stored]
-    for key in keys:
-        value = _merge(
-            base.get(key, _MISSING),
-            stored.get(key, _MISSING),
-            incoming.get(key, _MISSING),
-            (*path, key),
-            overlaps,
-        )
-        if value is not _MISSING:
-            merged[key] = value
-    return merged
+    return dict(_merge_entries(base, stored, incoming, path, overlaps))
 
 
 def _merge_keyed(
@@ -189,19 +177,30 @@ def _merge_keyed(
     path: Path,
     overlaps: list[Overlap],
 ) -> list[Any]:
-    """Lists of objects with unique ids, merged element by element; the stored order, then
-    the elements the incoming save added, in its order."""
-    merged: list[Any] = []
-    for ident in list(stored) + [i for i in incoming if i not in stored]:
+    """Lists of objects with unique ids (as dicts by id), merged element by element."""
+    return [value for _, value in _merge_entries(base, stored, incoming, path, overlaps)]
+
+
+def _merge_entries(
+    base: dict[str, Any],
+    stored: dict[str, Any],
+    incoming: dict[str, Any],
+    path: Path,
+    overlaps: list[Overlap],
+) -> list[tuple[str, Any]]:
+    """Each key merged, in the stored order, then the keys the incoming save added, in its
+    order; keys deleted by the merge left out."""
+    merged: list[tuple[str, Any]] = []
+    for key in list(stored) + [k for k in incoming if k not in stored]:
         value = _merge(
-            base.get(ident, _MISSING),
-            stored.get(ident, _MISSING),
-            incoming.get(ident, _MISSING),
-            (*path, ident),
+            base.get(key, _MISSING),
+            stored.get(key, _MISSING),
+            incoming.get(key, _MISSING),
+            (*path, key),
             overlaps,
         )
         if value is not _MISSING:
-            merged.append(value)
+            merged.append((key, value))
     return merged
 
 

@@ -6,22 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
 
 import aiohttp
 
 from livepush.auth.tokens import mint_token
-from tests.cluster.test_cluster import cluster
+from tests.cluster.test_cluster import Watcher, cluster
 from tests.conftest import SECRET, redis_url
 from tests.integration.process import ServerProcess
 
 
-class Editor:
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.ws = ws
-        self.messages: list[dict[str, Any]] = []
-        self.closed = asyncio.Event()
-        self._task = asyncio.create_task(self._read())
+class Editor(Watcher):
+    """A tab that opened workflow `w`."""
 
     @classmethod
     async def open(
@@ -33,27 +28,9 @@ class Editor:
         await ws.send_str(json.dumps({"type": "workflowOpened", "workflowId": "w"}))
         return editor
 
-    async def _read(self) -> None:
-        async for message in self.ws:
-            if message.type is aiohttp.WSMsgType.TEXT:
-                self.messages.append(json.loads(message.data))
-        self.closed.set()
-
     def users(self) -> list[str] | None:
         lists = [m["data"] for m in self.messages if m["type"] == "collaboratorsChanged"]
         return [c["user"]["id"] for c in lists[-1]["collaborators"]] if lists else None
-
-    def of_type(self, message_type: str) -> list[dict[str, Any]]:
-        return [m for m in self.messages if m["type"] == message_type]
-
-    async def wait(self, condition: Any, timeout: float = 10.0) -> None:
-        async with asyncio.timeout(timeout):
-            while not condition():  # noqa: ASYNC110 - polls what the reader task collected
-                await asyncio.sleep(0.01)
-
-    async def close(self) -> None:
-        await self.ws.close()
-        await self._task
 
 
 async def test_a_killed_nodes_editors_and_locks_go_within_the_ttl() -> None:

@@ -87,3 +87,40 @@ def test_executions_quick_run(tmp_path: Path) -> None:
             assert p["notices"] == p["unsubscribed"] == 6 * 20
             assert p["lat_p99_ms"] >= p["lat_p50_ms"] > 0
     assert "| memory |" in res["markdown"]
+
+
+@pytest.mark.timeout(120)
+def test_collab_quick_run(tmp_path: Path) -> None:
+    """``bench/collab.py --quick``: 6 editors in one room, cursors at 30 Hz and canvas edits,
+    through livepush's push endpoint (coalesced cursors) and CRDT endpoint, through the CRDT
+    endpoint alone (Yjs awareness cursors), and on two Redis-engine nodes when Redis runs.
+    Checks delivery only (every receiver got cursors from every other editor and every
+    editor's last canvas edit), not speed. The y-websocket peer (npm) is not needed."""
+    import socket
+
+    targets = ["livepush", "livepush-yjs"]
+    try:
+        socket.create_connection(("127.0.0.1", 6379), timeout=1).close()
+        targets.append("livepush-redis")
+    except OSError:
+        if os.environ.get("CI") == "true":
+            pytest.fail("no Redis on 127.0.0.1:6379 (CI must start one)")
+    out = tmp_path / "collab.json"
+    cmd = [sys.executable, str(BENCH / "collab.py"), "--quick", "--targets", ",".join(targets)]
+    if shutil.which("taskset") is None:
+        cmd.append("--no-pin")
+    proc = subprocess.run(
+        [*cmd, "--out", str(out)], capture_output=True, text=True, timeout=100, check=False
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    res = json.loads(out.read_text())
+    assert [r["target"] for r in res["runs"]] == targets
+    for run in res["runs"]:
+        assert run["complete"], run
+        assert run["all_cursors_seen"], run
+        assert run["cursor_senders_seen_min"] == run["editors"] - 1
+        assert run["edits_missing_at_end"] == 0
+        assert run["cursor_delivered_per_s"] > 0
+        assert run["edit_delivered_per_s"] > 0
+        assert run["cursor_lat"]["p99_ms"] >= run["cursor_lat"]["p50_ms"] > 0
+    assert "| livepush |" in res["markdown"]

@@ -134,6 +134,11 @@ class Config:
     crdt_unload_delay: float = _opt(
         10.0, "seconds a CRDT document stays loaded after its last connection left"
     )
+    crdt_awareness_tick: float = _opt(
+        0.05,
+        "seconds between awareness messages of a CRDT document to each connection (the latest "
+        "state of each client; 0: every update at once, as y-websocket does)",
+    )
     crdt_rate_limit: float = _opt(
         200.0,
         "CRDT messages per second per connection (bursts of twice that); faster updates wait, "
@@ -190,6 +195,8 @@ class Config:
         for name in ("crdt_max_update_bytes", "crdt_max_doc_bytes", "crdt_compact_updates"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.crdt_awareness_tick < 0:
+            raise ValueError("crdt_awareness_tick must not be negative")
         if self.crdt_rate_limit <= 0 or self.crdt_unload_delay < 0:
             raise ValueError("crdt_rate_limit must be positive, crdt_unload_delay not negative")
         for name in ("max_queue_messages", "max_queue_bytes", "max_message_bytes"):

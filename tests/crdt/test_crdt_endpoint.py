@@ -432,3 +432,38 @@ async def test_document_connections_per_user_are_bounded(
     third = await http.ws_connect(url)
     for ws in (second, other, third):
         await ws.close()
+
+
+@pytest.mark.parametrize("tick", [0.0, 0.1])
+async def test_awareness_is_coalesced_per_tick(
+    server_factory: ServerFactory, clients: Clients, http: aiohttp.ClientSession, tick: float
+):
+    """100 cursor moves of one client: with a tick, another connection gets about one
+    awareness message per tick, carrying the latest state; without, every one."""
+    server = await server_factory(crdt_path=":memory:", crdt_awareness_tick=tick)
+    watcher = await http.ws_connect(f"{server.url}/rest/crdt/1?token={server.token('bob')}")
+    awareness_messages = 0
+
+    async def count() -> None:
+        nonlocal awareness_messages
+        async for message in watcher:
+            if message.type is aiohttp.WSMsgType.BINARY and message.data[:1] == b"\x01":
+                awareness_messages += 1
+
+    counting = asyncio.create_task(count())
+    alice = await clients.open(server)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for x in range(100):
+        alice.set_awareness({"cursor": [x, 0]})
+        await asyncio.sleep(0.002)
+    elapsed = loop.time() - started
+    bob = await clients.open(server, user="carol")
+    await eventually(lambda: bob.peers.get(alice.doc.client_id) == {"cursor": [99, 0]})
+    await asyncio.sleep(2 * tick + 0.05)
+    if tick:
+        assert awareness_messages <= elapsed / tick + 3, (awareness_messages, elapsed)
+    else:
+        assert awareness_messages >= 100
+    await watcher.close()
+    counting.cancel()

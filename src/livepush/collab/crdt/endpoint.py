@@ -465,7 +465,12 @@ def add_crdt_routes(
 ) -> CrdtService:
     """Serve CRDT documents under `{rest}/crdt` with the configured engine's store."""
     metrics = CrdtMetrics(node.metrics.registry)
-    rooms = Rooms(build_store(config), metrics, unload_delay=config.crdt_unload_delay)
+    rooms = Rooms(
+        build_store(config),
+        metrics,
+        unload_delay=config.crdt_unload_delay,
+        awareness_tick=config.crdt_awareness_tick,
+    )
     service = CrdtService(
         node,
         rooms,

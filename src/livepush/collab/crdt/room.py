@@ -6,7 +6,8 @@ left. Its `Doc` holds exactly what the store holds: a client's update is stored 
 (`DocumentStore.append`), then applied and passed to the other connections; updates stored by
 other nodes come from the store's feed. Awareness is relayed to every connection of the room
 (the sender too: a y-websocket client alone in a room must hear something every 30 s, and its
-own renewals are that), and, in a cluster, to the other nodes; it is never stored.
+own renewals are that), and, in a cluster, to the other nodes, once per `awareness_tick` with
+the latest state per client id; it is never stored.
 """
 
 from __future__ import annotations
@@ -51,7 +52,17 @@ class Peer(Protocol):
 class Room:
     """One open document on this node."""
 
-    __slots__ = ("_rooms", "awareness", "doc", "doc_id", "peers", "unload_timer")
+    __slots__ = (
+        "_awareness_timer",
+        "_pending_awareness",
+        "_pending_relay",
+        "_rooms",
+        "awareness",
+        "doc",
+        "doc_id",
+        "peers",
+        "unload_timer",
+    )
 
     def __init__(self, doc_id: str, rooms: Rooms, parts: list[bytes]) -> None:
         self.doc_id = doc_id
@@ -64,6 +75,11 @@ class Room:
         self.peers: set[Peer] = set()
         self.awareness = AwarenessTable()
         self.unload_timer: asyncio.TimerHandle | None = None
+        # awareness accepted since the last tick, latest per client id (to send to the local
+        # connections, and the part to relay to other nodes with the user it belongs to)
+        self._pending_awareness: dict[int, AwarenessEntry] = {}
+        self._pending_relay: dict[int, tuple[AwarenessEntry, str]] = {}
+        self._awareness_timer: asyncio.TimerHandle | None = None
 
     # -- the document ------------------------------------------------------------------------
 
@@ -128,8 +144,7 @@ class Room:
             entries, user_id=peer.user_id, owner=peer, now=time.monotonic()
         )
         if accepted:
-            self._broadcast_awareness(accepted)
-            self._rooms.relay_awareness(self.doc_id, peer.user_id, accepted)
+            self._pass_on(accepted, relay_as=peer.user_id)
 
     def receive_remote_awareness(self, payload: bytes) -> None:
         """Awareness relayed by another node: `[[clientID, clock, userId, state], ...]`."""
@@ -144,7 +159,7 @@ class Room:
             entry = AwarenessEntry(client_id, clock, state)
             accepted += self.awareness.apply([entry], user_id=user_id, owner=None, now=now)
         if accepted:
-            self._broadcast_awareness(accepted)
+            self._pass_on(accepted, relay_as=None)
 
     def awareness_frame(self, dialect: Dialect) -> bytes | None:
         """Every known state, for a client that joins or asks; None when there is none."""
@@ -156,15 +171,44 @@ class Room:
         self.peers.discard(peer)
         removals = self.awareness.remove(self.awareness.owned_by(peer), time.monotonic())
         if removals:
-            self._broadcast_awareness(removals)
-            self._rooms.relay_awareness(self.doc_id, peer.user_id, removals)
+            self._pass_on(removals, relay_as=peer.user_id)
 
     def expire_awareness(self, now: float) -> None:
         """Drop the states that were not renewed in time (told to local clients only: every
         node expires its own copy)."""
         removals = self.awareness.expire(now)
         if removals:
-            self._broadcast_awareness(removals)
+            self._pass_on(removals, relay_as=None)
+
+    def _pass_on(self, entries: list[AwarenessEntry], *, relay_as: str | None) -> None:
+        """Send accepted awareness to the room's connections and (`relay_as`: the user of a
+        local client) to the other nodes: at once, or, with an awareness tick, the latest
+        state per client id once per tick (a client moving its cursor 30 times a second costs
+        each other connection one message per tick, not 30, and every state still arrives)."""
+        if self._rooms.awareness_tick <= 0:
+            self._broadcast_awareness(entries)
+            if relay_as is not None:
+                self._rooms.relay_awareness(self.doc_id, [(e, relay_as) for e in entries])
+            return
+        for entry in entries:
+            self._pending_awareness[entry.client_id] = entry
+            if relay_as is not None:
+                self._pending_relay[entry.client_id] = (entry, relay_as)
+        if self._awareness_timer is None:
+            self._awareness_timer = asyncio.get_running_loop().call_later(
+                self._rooms.awareness_tick, self._send_awareness
+            )
+
+    def _send_awareness(self) -> None:
+        self._awareness_timer = None
+        entries, self._pending_awareness = list(self._pending_awareness.values()), {}
+        relay, self._pending_relay = list(self._pending_relay.values()), {}
+        if self._rooms.get(self.doc_id) is not self:
+            return  # unloaded meanwhile
+        if entries:
+            self._broadcast_awareness(entries)
+        if relay:
+            self._rooms.relay_awareness(self.doc_id, relay)
 
     def _broadcast_awareness(self, entries: list[AwarenessEntry]) -> None:
         payload = encode_awareness(entries)
@@ -180,11 +224,18 @@ class Rooms:
     """The rooms of this node and the store behind them."""
 
     def __init__(
-        self, store: DocumentStore, metrics: CrdtMetrics, *, unload_delay: float = 10.0
+        self,
+        store: DocumentStore,
+        metrics: CrdtMetrics,
+        *,
+        unload_delay: float = 10.0,
+        awareness_tick: float = 0.0,
     ) -> None:
         self.store = store
         self.metrics = metrics
         self.unload_delay = unload_delay
+        #: Awareness is passed on once per this many seconds, latest per client (0: at once).
+        self.awareness_tick = awareness_tick
         self._rooms: dict[str, Room] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._lock_users: dict[str, int] = {}
@@ -308,10 +359,10 @@ class Rooms:
     def _on_compacted(self, doc_id: str) -> None:
         self.metrics.compactions.inc()
 
-    def relay_awareness(self, doc_id: str, user_id: str, entries: list[AwarenessEntry]) -> None:
-        """Pass accepted awareness to the other nodes (if any)."""
+    def relay_awareness(self, doc_id: str, entries: list[tuple[AwarenessEntry, str]]) -> None:
+        """Pass accepted awareness (each entry with its client's user) to the other nodes."""
         if self.store.remote:
-            items = [[e.client_id, e.clock, user_id, e.state] for e in entries]
+            items = [[e.client_id, e.clock, user_id, e.state] for e, user_id in entries]
             self._spawn(self.store.publish_awareness(doc_id, msgspec.json.encode(items)))
 
     # -- background --------------------------------------------------------------------------

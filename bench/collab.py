@@ -18,8 +18,9 @@ Targets:
                   one Redis; editors alternate between them (cursor and canvas connections of
                   one editor on the same node)
   livepush-yjs    livepush's CRDT endpoint used the way a stock y-websocket client uses it:
-                  cursors as Yjs awareness states on the document's connection (relayed, not
-                  coalesced), edits through the same Y.Doc sync
+                  cursors as Yjs awareness states on the document's connection (coalesced
+                  per crdt_awareness_tick, 50 ms; LIVEPUSH_CRDT_AWARENESS_TICK=0 relays each),
+                  edits through the same Y.Doc sync
   y-websocket     the stock Yjs server, `@y/websocket-server` 0.1.1 (the server of y-websocket
                   3.x, bench/peers/y-websocket), same client workload as livepush-yjs
   livepush-tick33, livepush-tick10 (not by default): livepush with `collab_tick` 1/30 s, 10 ms
@@ -1036,7 +1037,7 @@ def markdown(results: dict[str, Any]) -> str:
         "livepush-redis": "same, 2 nodes on Redis",
         "livepush-tick33": "push `ephemeral`, coalesced per 33 ms tick",
         "livepush-tick10": "push `ephemeral`, coalesced per 10 ms tick",
-        "livepush-yjs": "Yjs awareness, relayed",
+        "livepush-yjs": "Yjs awareness, per tick",
         "y-websocket": "Yjs awareness, relayed",
     }
     for target, s in results["summary"].items():

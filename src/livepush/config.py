@@ -89,6 +89,11 @@ class Config:
         1000.0, "cursor and other ephemeral updates per second per connection (more are dropped)"
     )
     ephemeral_burst: float = _opt(2000.0, "ephemeral update burst per connection")
+    lock_idle_ttl: float = _opt(
+        120.0,
+        "seconds a lock lives after its tab last requested or confirmed it (writeAccessHeartbeat"
+        ", nodeLockRequested), even while the tab stays connected",
+    )
     collab_flush_interval: float = _opt(
         0.25, "seconds between two collaboratorsChanged of one room (changes are batched)"
     )
@@ -185,6 +190,7 @@ class Config:
             "ephemeral_rate",
             "collab_flush_interval",
             "collab_tick",
+            "lock_idle_ttl",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")

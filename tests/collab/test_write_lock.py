@@ -4,6 +4,7 @@ save handler can check, and the lock gone with its holder (tab closed, workflow 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Any
@@ -113,3 +114,32 @@ async def test_n8n_messages_without_ids_and_closing_the_workflow(
     assert "read-only" in refused["data"]["message"]
     for who in (tab, other, stranger, reader):
         await who.close()
+
+
+async def test_a_lock_its_tab_stops_confirming_is_released(
+    server_factory: ServerFactory, http: aiohttp.ClientSession
+) -> None:
+    """A tab that stays connected but stops heartbeating (frozen, forgotten) loses the write
+    lock after lock_idle_ttl; one that heartbeats keeps it, under the same token."""
+    server = await server_factory(lock_idle_ttl=1.0, presence_ttl=1.5)  # renewal every 0.5 s
+    busy = await Watcher.open(http, server, "busy", server.token(), channels="workflow:1")
+    idle = await Watcher.open(http, server, "idle", server.token(), channels="workflow:2")
+    token = (await busy.command({"type": "writeAccessRequested", "workflowId": "1", "id": 1}))[
+        "data"
+    ]["fencingToken"]
+    await idle.command({"type": "writeAccessRequested", "workflowId": "2", "id": 1})
+    loop = asyncio.get_running_loop()
+    until = loop.time() + 3.0
+    beat = 2
+    while loop.time() < until:
+        await asyncio.sleep(0.3)
+        kept = await busy.command({"type": "writeAccessHeartbeat", "workflowId": "1", "id": beat})
+        assert kept["type"] == "reply" and kept["data"]["fencingToken"] == token
+        beat += 1
+    assert "writeAccessReleased" in idle.types("workflow:2")
+    assert "writeAccessReleased" not in busy.types("workflow:1")
+    assert await server.node.locks.holder("workflow:2") is None
+    lost = await idle.command({"type": "writeAccessHeartbeat", "workflowId": "2", "id": 9})
+    assert lost["type"] == "error" and lost["data"]["code"] == "lock_not_held"
+    for tab in (busy, idle):
+        await tab.close()

@@ -644,10 +644,17 @@ class Client:
         self, workflow_id: str, *, force: bool = False
     ) -> dict[str, Any]:
         """Take the workflow's write lock for this tab; returns `fencingToken` and `ttl`.
-        The server renews it while the connection lives and releases it with the connection
+        The server keeps it while the connection lives and the tab confirms it at least every
+        `lock_idle_ttl` (`write_access_heartbeat`), and releases it with the connection
         (after a reconnect, request it again: the token changes). Raises `CommandError`
         `lock_held` / `forbidden`."""
         return await self.command("writeAccessRequested", workflowId=workflow_id, force=force)
+
+    async def write_access_heartbeat(self, workflow_id: str) -> None:
+        """Confirm the write lock (n8n's editor does every 30 s while the user is active):
+        the server releases a lock not confirmed for `lock_idle_ttl` (120 s), even while the
+        connection lives. `CommandError` `lock_not_held` once it is gone."""
+        await self.command("writeAccessHeartbeat", workflowId=workflow_id)
 
     async def release_write_access(self, workflow_id: str) -> None:
         """Let go of the workflow's write lock (`lock_not_held` if this tab has not got it)."""
@@ -656,7 +663,8 @@ class Client:
     async def lock_node(
         self, workflow_id: str, node_id: str, *, force: bool = False
     ) -> dict[str, Any]:
-        """Lock one node of the canvas for this tab; returns `fencingToken` and `ttl`."""
+        """Lock one node of the canvas for this tab; returns `fencingToken` and `ttl`. Asking
+        again confirms it (same token): unconfirmed for `lock_idle_ttl`, it is released."""
         return await self.command(
             "nodeLockRequested", workflowId=workflow_id, nodeId=node_id, force=force
         )

@@ -106,6 +106,9 @@ class NodeSettings:
     execution: ExecutionSettings = field(default_factory=ExecutionSettings)
     #: Collaboration rooms (default: timed to fit `presence_ttl`).
     collab: CollabSettings | None = None
+    #: A lock its tab has not asked for or confirmed (heartbeat) for this long is released,
+    #: even if the tab stays connected (a frozen or forgotten tab); n8n's `writeLockTtl`.
+    lock_idle_ttl: float = 120.0
 
 
 @dataclass(slots=True)
@@ -576,6 +579,9 @@ class Node:
         if session.locks is None:
             session.locks = {}
         session.locks[name] = grant.token
+        if session.lock_seen is None:
+            session.lock_seen = {}
+        session.lock_seen[name] = time.monotonic()
         if grant.token != held:
             await self._announce(
                 channel,
@@ -605,6 +611,7 @@ class Node:
     async def release_lock(self, session: Session, name: str) -> bool:
         """Let go of a lock the session holds, and tell the workflow's watchers."""
         token = (session.locks or {}).pop(name, None)
+        (session.lock_seen or {}).pop(name, None)
         if token is None:
             return False
         released = await self.locks.release(name, session.push_ref, token)
@@ -1035,8 +1042,12 @@ class Node:
                 members = self.collab.renewals(sessions)
                 if members:
                     await self.presence.join_many(members, self.collab.settings.member_ttl)
+                now = time.monotonic()
                 for s in sessions:
                     for name, token in list((s.locks or {}).items()):
+                        if now - (s.lock_seen or {}).get(name, now) > settings.lock_idle_ttl:
+                            await self.release_lock(s, name)  # not confirmed for too long
+                            continue
                         granted, grant = await self.locks.acquire(
                             name, s.push_ref, s.user_id, settings.presence_ttl
                         )

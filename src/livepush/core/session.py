@@ -143,6 +143,7 @@ class Session:
         "follows",
         "identity",
         "limits",
+        "lock_seen",
         "locks",
         "metrics",
         "push_ref",
@@ -195,6 +196,8 @@ class Session:
         self.follows: set[str] | None = None
         #: Locks this connection holds: name -> fencing token; created on first use.
         self.locks: dict[str, int] | None = None
+        #: When the tab last asked for or confirmed each lock (monotonic seconds).
+        self.lock_seen: dict[str, float] | None = None
         #: Collaboration rooms the tab is in: workflow id -> its presence entry; created on
         #: first use.
         self.rooms: dict[str, dict[str, Any]] | None = None

@@ -113,6 +113,7 @@ def build_node(config: Config) -> Node:
             presence_ttl=config.presence_ttl,
             flush_passes=config.flush_passes or (2 if config.engine == "redis" else 1),
             execution=execution_settings(config),
+            lock_idle_ttl=config.lock_idle_ttl,
             collab=CollabSettings.for_presence_ttl(
                 config.presence_ttl,
                 flush_interval=config.collab_flush_interval,

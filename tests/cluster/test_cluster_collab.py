@@ -58,10 +58,13 @@ async def test_a_killed_nodes_editors_and_locks_go_within_the_ttl() -> None:
         # the entry lapses 2.5 s after its last renewal and is polled every 0.25 s; slack for
         # a loaded machine
         assert loop.time() - killed < 6.0
-        # the write lock ended with its holder's node: the survivor announces it, once
-        await ada.wait(lambda: ada.of_type("writeAccessReleased"))
+        # the locks ended with their holder's node: the survivor announces them, once
+        await ada.wait(lambda: ada.of_type("writeAccessReleased") and ada.of_type("nodeUnlocked"))
         await asyncio.sleep(1.0)
         assert len(ada.of_type("writeAccessReleased")) == 1
+        assert [m["data"] for m in ada.of_type("nodeUnlocked")] == [
+            {"workflowId": "w", "nodeId": "n1"}
+        ]
         # the dead tab's node lock expires with its presence: ada can take it then
         for request in range(2, 100):
             await ada.ws.send_str(

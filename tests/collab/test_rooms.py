@@ -318,11 +318,11 @@ async def test_node_locks(
         await tab.close()
 
 
-async def test_a_released_write_lock_is_announced_once(
+async def test_released_locks_are_announced_once(
     server_factory: ServerFactory, http: aiohttp.ClientSession
 ) -> None:
-    """The releasing node announces the release; the rooms' lock watch (polled every 0.1 s
-    here) does not announce it again."""
+    """The releasing node announces a release (write lock, node lock); the rooms' lock watch
+    (polled every 0.1 s here) does not announce it again."""
     server = await server_factory(presence_ttl=1.2)
     ada = await editor(http, server, "ada-1", "ada")
     bob = await editor(http, server, "bob-1", "bob")
@@ -337,12 +337,20 @@ async def test_a_released_write_lock_is_announced_once(
             {"type": "writeAccessReleaseRequested", "workflowId": "1", "id": request + 1}
         )
         assert released["type"] == "reply"
+    locked = await ada.command(
+        {"type": "nodeLockRequested", "workflowId": "1", "nodeId": "n1", "id": 5}
+    )
+    assert locked["type"] == "reply"
+    await asyncio.sleep(0.3)
+    await ada.command({"type": "nodeLockReleased", "workflowId": "1", "nodeId": "n1", "id": 6})
     await asyncio.sleep(0.5)
     assert bob.types("workflow:1") == [
         "writeAccessAcquired",
         "writeAccessReleased",
         "writeAccessAcquired",
         "writeAccessReleased",
+        "nodeLocked",
+        "nodeUnlocked",
     ]
     for tab in (ada, bob):
         await tab.close()

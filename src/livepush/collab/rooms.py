@@ -139,6 +139,7 @@ class Room:
         "flushing",
         "last_flush",
         "lock_token",
+        "node_locks",
         "pending",
         "publishing",
         "sent",
@@ -163,6 +164,8 @@ class Room:
         self.publishing = False
         #: The fencing token of the workflow's write lock when last read (None: free).
         self.lock_token: int | None = None
+        #: The workflow's node locks as announced (`nodeLocked`): node id -> fencing token.
+        self.node_locks: dict[str, int] = {}
 
 
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
@@ -356,7 +359,7 @@ class Collab:
                 log.warning("reading the members of %s failed: %r", room.channel, exc)
                 return
             data = _encode(collaborators(room.workflow_id, members))
-            await self._watch_write_lock(room)
+            await self._watch_locks(room)
             if data != room.sent and room.editors:
                 room.sent = data
                 publication = Publication(
@@ -370,25 +373,52 @@ class Collab:
             if room.dirty:
                 self._schedule(room)
 
-    async def _watch_write_lock(self, room: Room) -> None:
-        """Announce `writeAccessReleased` for a write lock that ended without a release (its
-        holder's node died, or the holder stopped renewing it): once, by whichever node
-        notices first. A released lock is claimed as announced by the releasing node."""
+    async def _watch_locks(self, room: Room) -> None:
+        """Announce the end of the workflow's write lock (`writeAccessReleased`) or of one of
+        its node locks (`nodeUnlocked`) that ended without a release (its holder's node died,
+        or the holder stopped renewing it): once, by whichever node notices first. A released
+        lock is claimed as announced by the releasing node."""
         if self.locks is None or self._announce is None:
             return
-        lock = f"workflow:{room.workflow_id}"
+        workflow_id = room.workflow_id
+        lock = f"workflow:{workflow_id}"
         try:
             grant = await self.locks.holder(lock)
-            token = None if grant is None else grant.token
-            previous, room.lock_token = room.lock_token, token
+            previous, room.lock_token = room.lock_token, None if grant is None else grant.token
             if (
                 previous is not None
                 and grant is None
                 and await self.claim_lock_end(lock, previous, noticed=True)
             ):
-                await self._announce(lock, "writeAccessReleased", {"workflowId": room.workflow_id})
+                await self._announce(lock, "writeAccessReleased", {"workflowId": workflow_id})
+            for node_id, token in list(room.node_locks.items()):
+                name = f"node:{workflow_id}:{node_id}"
+                grant = await self.locks.holder(name)
+                if grant is not None and grant.token == token:
+                    continue
+                if room.node_locks.get(node_id) == token:
+                    del room.node_locks[node_id]
+                if grant is None and await self.claim_lock_end(name, token, noticed=True):
+                    await self._announce(
+                        lock, "nodeUnlocked", {"workflowId": workflow_id, "nodeId": node_id}
+                    )
         except Exception as exc:  # read again at the next poll
-            log.warning("watching the write lock of %s failed: %r", room.channel, exc)
+            log.warning("watching the locks of %s failed: %r", room.channel, exc)
+
+    def observe_lock(self, publication: Publication) -> None:
+        """A node lock's grant or release announced in `workflow:<id>` (any node's)."""
+        room = self.rooms.get(publication.channel[len("workflow:") :])
+        if room is None:
+            return
+        try:
+            data = msgspec.json.decode(publication.data)
+            node_id = data["nodeId"]
+            if publication.type == "nodeLocked":
+                room.node_locks[node_id] = int(data["fencingToken"])
+            else:
+                room.node_locks.pop(node_id, None)
+        except (msgspec.DecodeError, KeyError, TypeError, ValueError):
+            log.warning("unreadable %s in %s", publication.type, publication.channel)
 
     async def claim_lock_end(self, lock: str, token: int, *, noticed: bool = False) -> bool:
         """True for the one node that may announce the end of this grant: the node that

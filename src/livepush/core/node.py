@@ -309,6 +309,8 @@ class Node:
         if publication.channel.startswith(ROOM_PREFIX):
             self.collab.on_publication(publication)
             return
+        if publication.type in _NODE_LOCK_TYPES:
+            self.collab.observe_lock(publication)  # (and delivered, below)
         recipients = self.hub.fan_out(publication)
         self.metrics.fanned_out(publication, recipients)
 
@@ -615,11 +617,10 @@ class Node:
         if token is None:
             return False
         released = await self.locks.release(name, session.push_ref, token)
-        if released:
+        # (claimed, so that no node announces its end again when it notices it)
+        if released and await self.collab.claim_lock_end(name, token):
             if name.startswith("workflow:"):
-                # (claimed, so that no node announces its end again when it notices it)
-                if await self.collab.claim_lock_end(name, token):
-                    await self._announce(name, "writeAccessReleased", {"workflowId": name[9:]})
+                await self._announce(name, "writeAccessReleased", {"workflowId": name[9:]})
             elif name.startswith("node:"):
                 _, workflow_id, node_id = name.split(":", 2)
                 await self._announce(
@@ -1306,6 +1307,9 @@ def _decode_ephemeral(raw: str | bytes) -> Ephemeral | None:
 
 #: Tries to follow an execution while the engine fails (0.2 s, 0.4 s... apart).
 FOLLOW_ATTEMPTS = 4
+
+#: Node lock announcements, which the collaboration rooms follow.
+_NODE_LOCK_TYPES = frozenset({"nodeLocked", "nodeUnlocked"})
 
 #: Publication types the node acts on when a session receives one.
 _WATCHED = frozenset({STREAM_NOTICE, OUTPUT_MARKER, "executionFinished"})

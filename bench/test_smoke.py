@@ -13,10 +13,38 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 BENCH = Path(__file__).resolve().parent
+
+
+def redis_running() -> bool:
+    """Whether a Redis answers on 127.0.0.1:6379 (in CI it must: a failure otherwise)."""
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", 6379), timeout=1).close()
+    except OSError:
+        if os.environ.get("CI") == "true":
+            pytest.fail("no Redis on 127.0.0.1:6379 (CI must start one)")
+        return False
+    return True
+
+
+def run_quick(script: str, args: list[str], out: Path, timeout: float) -> dict[str, Any]:
+    """Run ``bench/<script> --quick <args>`` (unpinned where taskset is missing), require
+    success, and return the JSON it wrote."""
+    cmd = [sys.executable, str(BENCH / script), "--quick", *args]
+    if shutil.which("taskset") is None:
+        cmd.append("--no-pin")
+    proc = subprocess.run(
+        [*cmd, "--out", str(out)], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result
 
 
 @pytest.mark.timeout(600)
@@ -59,24 +87,10 @@ def test_executions_quick_run(tmp_path: Path) -> None:
     """``bench/executions.py --quick``: 2 workflows x 20 watchers, 6 executions at once, on the
     memory engine and (when Redis runs) the Redis engine; every watcher must get every event
     of every execution of its workflow, in order (the harness checks it and exits 1 if not)."""
-    import socket
-
-    engines = ["memory"]
-    try:
-        socket.create_connection(("127.0.0.1", 6379), timeout=1).close()
-        engines.append("redis")
-    except OSError:
-        if os.environ.get("CI") == "true":
-            pytest.fail("no Redis on 127.0.0.1:6379 (CI must start one)")
-    out = tmp_path / "executions.json"
-    cmd = [sys.executable, str(BENCH / "executions.py"), "--quick", "--engines", ",".join(engines)]
-    if shutil.which("taskset") is None:
-        cmd.append("--no-pin")
-    proc = subprocess.run(
-        [*cmd, "--out", str(out)], capture_output=True, text=True, timeout=240, check=False
+    engines = ["memory", "redis"] if redis_running() else ["memory"]
+    res = run_quick(
+        "executions.py", ["--engines", ",".join(engines)], tmp_path / "executions.json", 240
     )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    res = json.loads(out.read_text())
     assert [r["engine"] for r in res["runs"]] == engines
     for run in res["runs"]:
         assert run["connected"] == 40, run
@@ -96,24 +110,10 @@ def test_collab_quick_run(tmp_path: Path) -> None:
     endpoint alone (Yjs awareness cursors), and on two Redis-engine nodes when Redis runs.
     Checks delivery only (every receiver got cursors from every other editor and every
     editor's last canvas edit), not speed. The y-websocket peer (npm) is not needed."""
-    import socket
-
     targets = ["livepush", "livepush-yjs"]
-    try:
-        socket.create_connection(("127.0.0.1", 6379), timeout=1).close()
+    if redis_running():
         targets.append("livepush-redis")
-    except OSError:
-        if os.environ.get("CI") == "true":
-            pytest.fail("no Redis on 127.0.0.1:6379 (CI must start one)")
-    out = tmp_path / "collab.json"
-    cmd = [sys.executable, str(BENCH / "collab.py"), "--quick", "--targets", ",".join(targets)]
-    if shutil.which("taskset") is None:
-        cmd.append("--no-pin")
-    proc = subprocess.run(
-        [*cmd, "--out", str(out)], capture_output=True, text=True, timeout=100, check=False
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    res = json.loads(out.read_text())
+    res = run_quick("collab.py", ["--targets", ",".join(targets)], tmp_path / "collab.json", 100)
     assert [r["target"] for r in res["runs"]] == targets
     for run in res["runs"]:
         assert run["complete"], run

@@ -152,33 +152,13 @@ def _merge(base: Any, stored: Any, incoming: Any, path: Path, overlaps: list[Ove
     if _same(stored, base) or _same(stored, incoming):
         return incoming  # only this save changed it (or both to the same value)
     if isinstance(base, dict) and isinstance(stored, dict) and isinstance(incoming, dict):
-        return _merge_objects(base, stored, incoming, path, overlaps)
+        return dict(_merge_entries(base, stored, incoming, path, overlaps))
     keyed = _by_id(base), _by_id(stored), _by_id(incoming)
     if keyed[0] is not None and keyed[1] is not None and keyed[2] is not None:
-        return _merge_keyed(keyed[0], keyed[1], keyed[2], path, overlaps)
+        # lists of objects with unique ids, merged element by element
+        return [v for _, v in _merge_entries(keyed[0], keyed[1], keyed[2], path, overlaps)]
     overlaps.append(Overlap(path, _plain(base), _plain(stored), _plain(incoming)))
     return incoming  # both changed it: the last write wins
-
-
-def _merge_objects(
-    base: dict[str, Any],
-    stored: dict[str, Any],
-    incoming: dict[str, Any],
-    path: Path,
-    overlaps: list[Overlap],
-) -> dict[str, Any]:
-    return dict(_merge_entries(base, stored, incoming, path, overlaps))
-
-
-def _merge_keyed(
-    base: dict[str, Any],
-    stored: dict[str, Any],
-    incoming: dict[str, Any],
-    path: Path,
-    overlaps: list[Overlap],
-) -> list[Any]:
-    """Lists of objects with unique ids (as dicts by id), merged element by element."""
-    return [value for _, value in _merge_entries(base, stored, incoming, path, overlaps)]
 
 
 def _merge_entries(

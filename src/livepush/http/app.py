@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 
 import msgspec
@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 NODE_KEY = web.AppKey("livepush.node", Node)
 MAX_COMMANDS_PER_POST = 100
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
 def build_engine(config: Config) -> Engine:
@@ -169,71 +171,66 @@ def create_app(config: Config, node: Node | None = None) -> web.Application:
 
     api_key = config.api_key.encode() if config.api_key else None
 
+    def with_api_key(handler: Handler) -> Handler:
+        """An endpoint for the host application: the API key first, and a `ProtocolError`
+        raised by the handler answered with its code."""
+
+        async def checked(request: web.Request) -> web.Response:
+            refused = check_api_key(request, api_key)
+            if refused is not None:
+                return refused
+            try:
+                return await handler(request)
+            except ProtocolError as exc:
+                return error_response(exc)
+
+        return checked
+
+    @with_api_key
     async def presence(request: web.Request) -> web.Response:
-        """Who is in a channel, across the cluster (API key)."""
-        refused = check_api_key(request, api_key)
-        if refused is not None:
-            return refused
-        try:
-            return json_response(await node.members(request.query.get("channel", "")))
-        except ProtocolError as exc:
-            return error_response(exc)
+        """Who is in a channel, across the cluster."""
+        return json_response(await node.members(request.query.get("channel", "")))
 
+    @with_api_key
     async def collaborators(request: web.Request) -> web.Response:
-        """A workflow's collaborators, cluster-wide (API key): as `collaboratorsChanged`."""
-        refused = check_api_key(request, api_key)
-        if refused is not None:
-            return refused
-        try:
-            workflow_id = request.match_info["workflowId"]
-            parse_channel(f"workflow:{workflow_id}")
-            return json_response(await node.collab.members(workflow_id))
-        except ProtocolError as exc:
-            return error_response(exc)
+        """A workflow's collaborators, cluster-wide: as `collaboratorsChanged`."""
+        workflow_id = request.match_info["workflowId"]
+        parse_channel(f"workflow:{workflow_id}")
+        return json_response(await node.collab.members(workflow_id))
 
+    @with_api_key
     async def lock_check(request: web.Request) -> web.Response:
-        """Whether a fencing token is a lock's current one (API key): for save endpoints."""
-        refused = check_api_key(request, api_key)
-        if refused is not None:
-            return refused
+        """Whether a fencing token is a lock's current one: for save endpoints."""
         try:
             body = msgspec.json.decode(await request.read(), type=LockCheck)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             return json_error(400, ErrorCode.BAD_REQUEST, f"expected {{lock, token}}: {exc}")
-        try:
-            valid = await check_lock(node, body.lock, body.token)
-            current = await describe_lock(node, body.lock)
-        except ProtocolError as exc:
-            return error_response(exc)
+        valid = await check_lock(node, body.lock, body.token)
+        current = await describe_lock(node, body.lock)
         return json_response({"lock": body.lock, "valid": valid, "current": current})
 
+    @with_api_key
     async def save_resolve(request: web.Request) -> web.Response:
-        """What a host application's save endpoint stores (API key): versions compared,
+        """What a host application's save endpoint stores: versions compared,
         last-write-wins per property; 409 with `version_conflict` / `lock_lost`."""
-        refused = check_api_key(request, api_key)
-        if refused is not None:
-            return refused
         try:
             body = msgspec.json.decode(await request.read(), type=SaveResolve)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             return json_error(400, ErrorCode.BAD_REQUEST, f"invalid save request: {exc}")
         if (body.lock is None) != (body.token is None):
             return json_error(400, ErrorCode.BAD_REQUEST, "send `lock` and `token` together")
-        try:
-            result = None
-            if body.lock is not None and body.token is not None:
-                result = await check_fencing(node, body.lock, body.token)
-            if result is None:
-                result = resolve_save(
-                    stored=body.stored,
-                    stored_version=body.storedVersion,
-                    incoming=body.incoming,
-                    base_version=body.baseVersion,
-                    base=body.base,
-                    policy=body.policy,
-                )
-        except ProtocolError as exc:
-            return error_response(exc)
+        result = None
+        if body.lock is not None and body.token is not None:
+            result = await check_fencing(node, body.lock, body.token)
+        if result is None:
+            result = resolve_save(
+                stored=body.stored,
+                stored_version=body.storedVersion,
+                incoming=body.incoming,
+                base_version=body.baseVersion,
+                base=body.base,
+                policy=body.policy,
+            )
         return json_response(result.describe(), status=409 if result.status == "conflict" else 200)
 
     async def healthz(request: web.Request) -> web.Response:

@@ -359,7 +359,6 @@ class Collab:
                 log.warning("reading the members of %s failed: %r", room.channel, exc)
                 return
             data = _encode(collaborators(room.workflow_id, members))
-            await self._watch_locks(room)
             if data != room.sent and room.editors:
                 room.sent = data
                 publication = Publication(
@@ -428,11 +427,16 @@ class Collab:
         return await self.presence.claim(ended_claim(lock, token), owner, _ANNOUNCED_TTL)
 
     async def poll(self) -> None:
-        """Re-read every local room now and then: a dead node's tabs lapse without a signal."""
+        """Re-read every local room now and then: a dead node's tabs and locks lapse without
+        a signal."""
         while True:
             await asyncio.sleep(self.settings.poll_interval)
-            for room in list(self.rooms.values()):
+            rooms = list(self.rooms.values())
+            for room in rooms:
                 self._schedule(room)
+            for room in rooms:
+                if self.rooms.get(room.workflow_id) is room:
+                    await self._watch_locks(room)
 
     # -- ephemeral state ---------------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from livepush.collab.crdt.awareness import OUTDATED_TIMEOUT, AwarenessTable
-from livepush.collab.crdt.protocol import AwarenessEntry
+from livepush.protocol.crdt import AwarenessEntry
 
 
 def entry(client_id: int, clock: int, state: str = '{"x":1}') -> AwarenessEntry:

@@ -14,7 +14,7 @@ from pycrdt import Doc, Map
 
 from livepush.client.crdt import CrdtClient, crdt_url
 from livepush.collab.crdt.endpoint import CRDT_KEY, CrdtService
-from livepush.collab.crdt.protocol import (
+from livepush.protocol.crdt import (
     EMPTY_UPDATE,
     decode_state_vector,
     permission_denied,
@@ -258,7 +258,7 @@ async def test_awareness_is_relayed_kept_for_late_joiners_and_removed_on_disconn
 async def test_a_client_cannot_change_another_users_awareness(
     crdt_server: RunningServer, clients: Clients, http: aiohttp.ClientSession
 ):
-    from livepush.collab.crdt.protocol import AwarenessEntry, Dialect, encode_awareness
+    from livepush.protocol.crdt import AwarenessEntry, Dialect, encode_awareness
 
     alice = await clients.open(crdt_server)
     bob = await clients.open(crdt_server, user="bob")

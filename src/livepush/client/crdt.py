@@ -32,7 +32,7 @@ import aiohttp
 import msgspec
 from pycrdt import Decoder, Doc, Subscription, TransactionEvent
 
-from livepush.collab.crdt.protocol import (
+from livepush.protocol.crdt import (
     MESSAGE_AUTH,
     MESSAGE_AWARENESS,
     MESSAGE_QUERY_AWARENESS,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from livepush.collab.crdt.protocol import AwarenessEntry
+from livepush.protocol.crdt import AwarenessEntry
 
 #: Seconds a state lives without renewal (y-protocols `outdatedTimeout`).
 OUTDATED_TIMEOUT = 30.0

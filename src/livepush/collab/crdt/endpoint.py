@@ -30,7 +30,16 @@ from aiohttp import WSMsgType, hdrs, web
 
 from livepush.auth.tokens import Identity
 from livepush.collab.crdt.metrics import CrdtMetrics
-from livepush.collab.crdt.protocol import (
+from livepush.collab.crdt.room import Room, Rooms
+from livepush.collab.crdt.store import DocumentStore, DocumentTooLarge, StoreSettings
+from livepush.collab.crdt.store_redis import RedisDocumentStore
+from livepush.collab.crdt.store_sqlite import SqliteDocumentStore
+from livepush.config import Config
+from livepush.core.node import Node
+from livepush.engines.base import EngineUnavailable
+from livepush.http.errors import json_error
+from livepush.protocol.channels import parse_channel
+from livepush.protocol.crdt import (
     MESSAGE_AWARENESS,
     MESSAGE_QUERY_AWARENESS,
     SYNC_STEP1,
@@ -43,15 +52,6 @@ from livepush.collab.crdt.protocol import (
     sync_step1,
     sync_step2,
 )
-from livepush.collab.crdt.room import Room, Rooms
-from livepush.collab.crdt.store import DocumentStore, DocumentTooLarge, StoreSettings
-from livepush.collab.crdt.store_redis import RedisDocumentStore
-from livepush.collab.crdt.store_sqlite import SqliteDocumentStore
-from livepush.config import Config
-from livepush.core.node import Node
-from livepush.engines.base import EngineUnavailable
-from livepush.http.errors import json_error
-from livepush.protocol.channels import parse_channel
 from livepush.protocol.errors import CloseCode, ErrorCode, ProtocolError
 from livepush.transports.handshake import (
     HandshakeSettings,

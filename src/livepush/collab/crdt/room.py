@@ -24,13 +24,13 @@ from pycrdt import Doc, get_update, merge_updates
 
 from livepush.collab.crdt.awareness import AwarenessTable
 from livepush.collab.crdt.metrics import CrdtMetrics
-from livepush.collab.crdt.protocol import (
+from livepush.collab.crdt.store import DocumentStore
+from livepush.protocol.crdt import (
     EMPTY_UPDATE,
     AwarenessEntry,
     Dialect,
     encode_awareness,
 )
-from livepush.collab.crdt.store import DocumentStore
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 from pycrdt import Doc, get_update, merge_updates
 
-from livepush.collab.crdt.protocol import EMPTY_UPDATE
+from livepush.protocol.crdt import EMPTY_UPDATE
 
 #: Updates stored by another node: (document id, updates in order). May repeat ones the room
 #: already has (Yjs ignores those).

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from pycrdt import Doc, Map, Text, create_sync_message, write_var_uint
 
-from livepush.collab.crdt.protocol import (
+from livepush.protocol.crdt import (
     EMPTY_UPDATE,
     MESSAGE_AWARENESS,
     MESSAGE_QUERY_AWARENESS,

@@ -11,7 +11,7 @@ the watchers of its workflow.
 One run: start `livepush serve` (pinned to CPU 0, as in bench/run.py), connect the watchers
 (each subscribed to `workflow:<id>` with the `channels` query parameter; it follows every
 execution of the workflow through the server's `executionStream` notice), then run every
-execution at once through the HTTP API with `livepush.execution.demo` (the engine behind
+execution at once through the HTTP API with `livepush.demo.executions` (the engine behind
 `livepush demo`, no delays, no errors, waits or sub-workflows: 62 events per execution) with
 `sentAtNs` in every event's data. The watchers (a minimal RFC 6455 client on asyncio
 protocols, so that the client side costs little per message) and the publisher share this
@@ -52,7 +52,7 @@ import msgspec
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from livepush.auth.tokens import mint_token
-from livepush.execution.demo import DemoOptions, DemoReport, parse_range, run_demo
+from livepush.demo.executions import DemoOptions, DemoReport, parse_range, run_demo
 from livepush.publisher import HttpPublisher
 from run import (
     LOADGEN_CPU,

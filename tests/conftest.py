@@ -18,7 +18,7 @@ from aiohttp import web
 from livepush.auth.tokens import mint_token
 from livepush.config import load_config
 from livepush.core.node import Node
-from livepush.http.app import NODE_KEY, create_app
+from livepush.server.app import SERVICES, Services, create_app
 
 SECRET = "test-secret-0123456789abcdef0123456789abcdef"
 API_KEY = "test-api-key-0123456789"
@@ -74,10 +74,14 @@ class RunningServer:
     """A livepush node served on a loopback port."""
 
     url: str
-    node: Node
+    services: Services
     config: Any
     runner: web.AppRunner
     tokens: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def node(self) -> Node:
+        return self.services.node
 
     @property
     def ws_base(self) -> str:
@@ -128,7 +132,7 @@ async def server_factory() -> AsyncIterator[ServerFactory]:
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         port = runner.addresses[0][1]
-        running = RunningServer(f"http://127.0.0.1:{port}", app[NODE_KEY], config, runner)
+        running = RunningServer(f"http://127.0.0.1:{port}", app[SERVICES], config, runner)
         started.append(running)
         return running
 

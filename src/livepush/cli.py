@@ -100,7 +100,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Run simulated n8n executions against a server; 0 once they have all finished."""
     import asyncio
 
-    from livepush.execution.demo import DemoOptions, parse_range, run_demo
+    from livepush.demo.executions import DemoOptions, parse_range, run_demo
     from livepush.protocol.channels import parse_channel, validate_push_ref
     from livepush.protocol.errors import ProtocolError
     from livepush.publisher import PublishFailed

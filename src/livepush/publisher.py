@@ -32,6 +32,7 @@ import msgspec
 
 from livepush.engines.redis import RedisExecutions, RedisStreams
 from livepush.execution.relay import ExecutionRelay, ExecutionSettings
+from livepush.execution.sink import EventRequest, ExecutionSink
 from livepush.protocol.channels import SYSTEM, push_channel, user_channel
 from livepush.protocol.envelope import Priority, Publication, new_publication
 from livepush.protocol.errors import ErrorCode, ProtocolError
@@ -61,7 +62,7 @@ class _Lifecycle:
         await self.close()
 
 
-class Publisher(_Lifecycle):
+class Publisher(_Lifecycle, ExecutionSink):
     """Publishes through Redis to the channels of a livepush cluster."""
 
     def __init__(
@@ -121,22 +122,14 @@ class Publisher(_Lifecycle):
         )
         return await self._streams.publish(publication)
 
-    async def publish_execution(
-        self,
-        event_type: str,
-        data: dict[str, Any] | bytes,
-        *,
-        push_ref: str | None = None,
-        workflow_id: str | None = None,
-    ) -> Publication:
-        """Publish one execution event to `execution:<id>`, recorded in its state and
-        followed by the tab `push_ref` and the watchers of `workflow_id` (see
-        `Node.publish_execution`). Use the servers' execution settings (the defaults match)."""
+    async def submit(self, request: EventRequest) -> Publication:
+        """Publish one execution event (`publish_execution`: to `execution:<id>`, recorded in
+        its state, followed by the tab and the workflow's watchers), with the servers'
+        execution settings (the defaults match)."""
+        event = self._executions.prepare(request)
         if not self._started:
             await self.start()
-        return await self._executions.publish(
-            event_type, data, push_ref=push_ref, workflow_id=workflow_id
-        )
+        return await self._executions.publish_prepared(event)
 
     async def to_push_ref(
         self, push_ref: str, message_type: str, data: dict[str, Any] | bytes
@@ -164,7 +157,7 @@ class PublishFailed(ProtocolError):
         self.status = status
 
 
-class HttpPublisher(_Lifecycle):
+class HttpPublisher(_Lifecycle, ExecutionSink):
     """Publishes through a server's HTTP API (`/api/v1/publish`, `/api/v1/executions/events`)
     with the API key.
 
@@ -226,22 +219,17 @@ class HttpPublisher(_Lifecycle):
         reply = await self._post("/api/v1/publish", body)
         return dict(reply["publications"][0])
 
-    async def publish_execution(
-        self,
-        event_type: str,
-        data: dict[str, Any] | bytes,
-        *,
-        push_ref: str | None = None,
-        workflow_id: str | None = None,
-    ) -> dict[str, Any]:
-        """`POST /api/v1/executions/events` with one event; returns its position."""
+    async def submit(self, request: EventRequest) -> dict[str, Any]:
+        """`POST /api/v1/executions/events` with one event (`publish_execution`); returns its
+        position."""
+        data = request.data
         body: dict[str, Any] = {
-            "type": event_type,
+            "type": request.type,
             "data": msgspec.Raw(data) if isinstance(data, bytes) else data,
         }
-        if push_ref is not None:
-            body["pushRef"] = push_ref
-        if workflow_id is not None:
-            body["workflowId"] = workflow_id
+        if request.push_ref is not None:
+            body["pushRef"] = request.push_ref
+        if request.workflow_id is not None:
+            body["workflowId"] = request.workflow_id
         reply = await self._post("/api/v1/executions/events", body)
         return dict(reply["publications"][0])

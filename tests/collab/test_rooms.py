@@ -199,7 +199,7 @@ async def test_cursors_are_coalesced_per_tick(
         assert batch["workflowId"] == "1"
     update = batches(viewer)[-1]["updates"][-1]
     assert update["clientId"] == "mover" and update["userId"] == "ada"
-    coalesced = server.node.metrics.collab_ephemeral.labels("coalesced")._value.get()
+    coalesced = server.services.collaboration.metrics.ephemeral.labels("coalesced")._value.get()
     assert coalesced >= 1000 - len(received)
     assert not [f for f in mover.frames if f["type"] == "error"]
     for tab in (mover, viewer):
@@ -215,7 +215,7 @@ async def test_ephemeral_flood_is_dropped_without_cutting_the_client(
     await mover.until(lambda: latest_users(mover) == ["ada", "bob"])
     for x in range(500):
         await mover.ws.send_str(cursor(x))
-    metrics = server.node.metrics.collab_ephemeral
+    metrics = server.services.collaboration.metrics.ephemeral
     await mover.until(lambda: metrics.labels("rate_limited")._value.get() >= 400)
     assert metrics.labels("received")._value.get() <= 100
     # no error and no disconnect; ordinary commands still work, and later updates get through

@@ -99,7 +99,7 @@ async def test_n8n_messages_without_ids_and_closing_the_workflow(
     await other.until(
         lambda: any(f["type"] == "writeAccessReleased" for f in other.on("workflow:1"))
     )
-    assert await server.node.locks.holder("workflow:1") is None
+    assert await server.node.engine.locks.holder("workflow:1") is None
     assert not tab.replies
     # and nobody without access to the workflow may ask
     stranger = await Watcher.open(http, server, "x", server.token("eve", workflows=[]))
@@ -138,7 +138,7 @@ async def test_a_lock_its_tab_stops_confirming_is_released(
         beat += 1
     assert "writeAccessReleased" in idle.types("workflow:2")
     assert "writeAccessReleased" not in busy.types("workflow:1")
-    assert await server.node.locks.holder("workflow:2") is None
+    assert await server.node.engine.locks.holder("workflow:2") is None
     lost = await idle.command({"type": "writeAccessHeartbeat", "workflowId": "2", "id": 9})
     assert lost["type"] == "error" and lost["data"]["code"] == "lock_not_held"
     for tab in (busy, idle):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from livepush.auth.tokens import Grants, Identity
 from livepush.core.deadlines import Deadlines
+from livepush.core.metrics import Metrics
 from livepush.core.session import Session, SessionLimits
-from livepush.metrics import Metrics
 
 
 class _NullWriter:

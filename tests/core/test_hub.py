@@ -8,8 +8,8 @@ import pytest
 
 from livepush.auth.tokens import Grants, Identity
 from livepush.core.hub import Hub
+from livepush.core.metrics import Metrics
 from livepush.core.session import Session, SessionLimits
-from livepush.metrics import Metrics
 from livepush.protocol.envelope import Publication
 from livepush.protocol.errors import CloseCode
 from tests.core.writers import RecordingWriter

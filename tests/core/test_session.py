@@ -7,8 +7,8 @@ import asyncio
 from collections.abc import Callable
 
 from livepush.auth.tokens import Grants, Identity
+from livepush.core.metrics import Metrics
 from livepush.core.session import Session, SessionLimits
-from livepush.metrics import Metrics
 from livepush.protocol.envelope import Priority, Publication, StreamPosition
 from livepush.protocol.errors import CloseCode
 from tests.core.writers import RecordingWriter

@@ -11,7 +11,6 @@ from typing import Any
 from pycrdt import Doc, Map
 
 from livepush.client.crdt import CrdtClient, crdt_url
-from livepush.collab.crdt.endpoint import CRDT_KEY
 from livepush.collab.crdt.store import StoreSettings
 from livepush.collab.crdt.store_redis import RedisDocumentStore
 from tests.conftest import RunningServer, ServerFactory, redis_url
@@ -60,7 +59,7 @@ async def test_clients_on_two_nodes_edit_one_document(server_factory: ServerFact
         await alice.close()
         await eventually(lambda: bob.peers == {})
         # a third node's view (a fresh load) has it all, from the snapshot and what is after it
-        store = node_a.runner.app[CRDT_KEY].rooms.store
+        store = node_a.services.documents.rooms.store
         assert content((await store.load("1")).parts()) == {
             k: str(float(v)) for k, v in expected.items()
         }

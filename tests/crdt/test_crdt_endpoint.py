@@ -13,19 +13,20 @@ import pytest
 from pycrdt import Doc, Map
 
 from livepush.client.crdt import CrdtClient, crdt_url
-from livepush.collab.crdt.endpoint import CRDT_KEY, CrdtService
+from livepush.collab.crdt.documents import Documents
 from livepush.protocol.crdt import (
     EMPTY_UPDATE,
     decode_state_vector,
     permission_denied,
     sync_step1,
 )
+from livepush.transports.crdt import CRDT_ENDPOINT
 from tests.conftest import RunningServer, ServerFactory
 from tests.crdt.crdt_support import canvas_of, eventually
 
 
-def service(server: RunningServer) -> CrdtService:
-    return server.runner.app[CRDT_KEY]
+def service(server: RunningServer) -> Documents:
+    return server.services.documents
 
 
 @pytest.fixture
@@ -428,7 +429,7 @@ async def test_document_connections_per_user_are_bounded(
     # another user is not affected, and a closed connection frees its place
     other = await http.ws_connect(f"{server.url}/rest/crdt/1?token={server.token('bob')}")
     await first.close()
-    await eventually(lambda: len(service(server).connections) == 2)
+    await eventually(lambda: len(server.runner.app[CRDT_ENDPOINT].connections) == 2)
     third = await http.ws_connect(url)
     for ws in (second, other, third):
         await ws.close()

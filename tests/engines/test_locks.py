@@ -107,7 +107,7 @@ async def test_two_nodes_asking_at_the_same_instant_grant_once(nodes: Nodes) -> 
 async def test_the_check_endpoint_for_save_handlers(
     server: RunningServer, http: aiohttp.ClientSession
 ) -> None:
-    _, grant = await server.node.locks.acquire("workflow:9", "tab-a", "alice", 30)
+    _, grant = await server.node.engine.locks.acquire("workflow:9", "tab-a", "alice", 30)
     headers = {"Authorization": f"Bearer {API_KEY}"}
     url = f"{server.url}/api/v1/locks/check"
     async with http.post(

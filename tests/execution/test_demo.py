@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from livepush.execution.demo import DemoOptions, plan_execution
+from livepush.demo.executions import DemoOptions, plan_execution
 from tests.client.support import eventually
 from tests.conftest import API_KEY, RunningServer
 

@@ -90,7 +90,7 @@ async def run_execution(
     paused: asyncio.Event | None = None,
 ) -> Execution:
     execution = Execution(
-        server.node,
+        server.services.executions,
         execution_id,
         workflow_id,
         push_ref=push_ref,
@@ -239,7 +239,7 @@ async def test_node_errors_reach_watchers_with_n8ns_shape_and_in_the_snapshot(
     server: RunningServer, http: aiohttp.ClientSession
 ) -> None:
     tab = await Watcher.open(http, server, "editor", server.token())
-    execution = Execution(server.node, "103", "1", push_ref="editor", total_nodes=2)
+    execution = Execution(server.services.executions, "103", "1", push_ref="editor", total_nodes=2)
     await execution.started()
     await execution.node_before("Webhook")
     await execution.node_after("Webhook", output={"main": [[{"json": {}}]]})
@@ -291,11 +291,11 @@ async def test_publishing_over_http_validates_before_anything_is_published(
         error = (await response.json())["error"]
         assert error["code"] == "invalid_message"
         assert error["message"].startswith("events[1]: ") and "data" in error["message"]
-    assert await server.node.executions.snapshot("104") is None
+    assert await server.services.executions.snapshot("104") is None
     async with http.post(url, json={"events": [good]}, headers=headers) as response:
         assert response.status == 200
         published = (await response.json())["publications"]
-    taken = await server.node.executions.snapshot("104")
+    taken = await server.services.executions.snapshot("104")
     assert taken is not None
     assert published == [{"channel": "execution:104", "offset": 1, "epoch": taken[1].epoch}]
     async with http.post(url, json=good, headers={"Authorization": "Bearer nope"}) as response:
@@ -320,10 +320,10 @@ async def test_the_publish_api_checks_execution_events_before_publishing_a_batch
     status, reply = await server.publish(http, {"messages": [started, broken]})
     assert status == 400 and reply["error"]["code"] == "invalid_message"
     assert reply["error"]["message"].startswith("messages[1]: ")
-    assert await server.node.executions.snapshot("105") is None
+    assert await server.services.executions.snapshot("105") is None
     status, reply = await server.publish(http, {"messages": [started]})
     assert status == 200 and reply["messages"][0]["publications"][0]["offset"] == 1
-    assert await server.node.executions.snapshot("105") is not None
+    assert await server.services.executions.snapshot("105") is not None
 
 
 async def test_many_followers_of_a_new_execution_share_one_history_read(
@@ -352,7 +352,7 @@ async def test_many_followers_of_a_new_execution_share_one_history_read(
     # they follow in one batch: one subscription, one history read
     assert reads.count("execution:106") == 1, reads
     # followers are not in the execution's presence (they watch the workflow)
-    assert (await server.node.members("execution:106"))["connections"] == []
+    assert (await server.node.subscriptions.members("execution:106"))["connections"] == []
     for watcher in watchers:
         await watcher.close()
 
@@ -368,7 +368,7 @@ async def test_an_execution_event_addressed_to_another_executions_channel_is_ref
     status, reply = await server.publish(http, event)
     assert status == 400 and reply["error"]["code"] == "invalid_message"
     assert "execution:108" in reply["error"]["message"]
-    assert await server.node.executions.snapshot("108") is None
+    assert await server.services.executions.snapshot("108") is None
 
 
 async def test_idle_connections_keep_no_release_floors(

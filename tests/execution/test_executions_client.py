@@ -64,7 +64,7 @@ async def test_the_client_reassembles_large_outputs_transparently(
     client = Client(server.url, token=server.token(), channels=["workflow:1"], transport=transport)
     recorder = Recorder(client, "execution:400")
     async with client:
-        execution = Execution(server.node, "400", "1")
+        execution = Execution(server.services.executions, "400", "1")
         await execution.started()
         await execution.node_before("Big")
         output = {"main": [items_of(6 * 1024 * 1024, transport)]}
@@ -99,7 +99,7 @@ async def test_catch_up_after_a_long_gap_in_a_10000_event_execution(
     )
     recorder = Recorder(client, "execution:401")
     nodes = 3333  # 1 + 3 events per node + 1: 10,001 events
-    execution = Execution(server.node, "401", "1", total_nodes=nodes)
+    execution = Execution(server.services.executions, "401", "1", total_nodes=nodes)
     cut_at, resume_at = 1500, 2500
     disconnected = asyncio.Event()
 

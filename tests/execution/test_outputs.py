@@ -39,8 +39,8 @@ async def test_a_50_mb_output_arrives_intact_while_other_executions_keep_flowing
     server: RunningServer, http: aiohttp.ClientSession
 ) -> None:
     tab = await Watcher.open(http, server, "editor", server.token(), channels="workflow:1")
-    big = Execution(server.node, "200", "1", push_ref="editor")
-    small = Execution(server.node, "201", "1")
+    big = Execution(server.services.executions, "200", "1", push_ref="editor")
+    small = Execution(server.services.executions, "201", "1")
     await big.started()
     await small.started()
     output = {"main": [items_of(50 * 1024 * 1024, "big")]}
@@ -91,7 +91,7 @@ async def test_a_slow_reader_costs_the_server_one_chunk_at_a_time(
         server.push_url("slow", server.token(), channels="workflow:1"), max_msg_size=0
     )
     assert json.loads((await ws.receive()).data)["type"] == "connected"
-    execution = Execution(server.node, "202", "1")
+    execution = Execution(server.services.executions, "202", "1")
     await execution.started()
     await execution.node_before("Big")
     await execution.node_after("Big", output={"main": [items_of(8 * 1024 * 1024, "slow")]})
@@ -103,7 +103,7 @@ async def test_a_slow_reader_costs_the_server_one_chunk_at_a_time(
     for _ in range(40):
         await asyncio.sleep(0.025)
         peak = max(peak, session.queued[1])
-    assert server.node.transfers.active == 1
+    assert server.services.executions.transfers.active == 1
     assert peak <= 2 * 64 * 1024 + 4096, peak
     assert not session.closed
     # then it reads everything, intact
@@ -129,7 +129,7 @@ async def test_outputs_over_the_push_limit_are_sent_by_reference_and_fetched_ove
         output_inline_bytes=64 * 1024, output_push_limit=1024 * 1024, **engine
     )
     tab = await Watcher.open(http, server, "editor", server.token())
-    execution = Execution(server.node, "203", "1", push_ref="editor")
+    execution = Execution(server.services.executions, "203", "1", push_ref="editor")
     await execution.started()
     await execution.node_before("Export")
     output = {"main": [items_of(3 * 1024 * 1024, "ref")]}
@@ -172,7 +172,7 @@ async def test_outputs_over_the_maximum_are_refused_to_the_publisher(
         output_max_bytes=1024 * 1024,
         **engine,
     )
-    execution = Execution(server.node, "204", "1")
+    execution = Execution(server.services.executions, "204", "1")
     await execution.started()
     await execution.node_before("Too big")
     with pytest.raises(ProtocolError) as raised:
@@ -191,7 +191,7 @@ async def test_chunked_outputs_and_snapshots_over_sse(
         assert response.status == 200
         reader = SseReader(response)
         assert (await reader.message_of_type("connected"))["data"]["pushRef"] == "sse-tab"
-        execution = Execution(server.node, "205", "1")
+        execution = Execution(server.services.executions, "205", "1")
         await execution.started()
         await execution.node_before("Big")
         output = {"main": [items_of(3 * 1024 * 1024, "sse")]}

@@ -17,7 +17,6 @@ from pycrdt import Doc, Map
 
 from livepush.auth.tokens import mint_token
 from livepush.client.crdt import CrdtClient, crdt_url
-from livepush.collab.crdt.endpoint import CRDT_KEY
 from tests.conftest import SECRET, RunningServer, ServerFactory, redis_url, require_npm
 from tests.crdt.crdt_support import YjsNodeClient, canvas_of, eventually
 from tests.integration.process import serve_process
@@ -125,7 +124,7 @@ async def test_two_yjs_clients_and_a_python_client_converge_through_one_node(
             await asyncio.sleep(0.05)
     await first.exit()
     await eventually(lambda: first_id not in python.peers)
-    room = server.runner.app[CRDT_KEY].rooms.get("7")
+    room = server.services.documents.rooms.get("7")
     assert room is not None and len(canvas_of(room.doc)) == 2 + 1 + 60
 
 
@@ -142,7 +141,7 @@ async def test_a_read_only_yjs_client_is_refused_and_still_receives(
     writer.doc.get("canvas", type=Map)["allowed"] = "by writer"
     await writer.flush()
     await reader.command("wait", entries={"allowed": "by writer"})
-    stored = await server.runner.app[CRDT_KEY].rooms.store.load("7")
+    stored = await server.services.documents.rooms.store.load("7")
     doc: Doc[Any] = Doc()
     for part in stored.parts():
         doc.apply_update(part)

@@ -31,21 +31,22 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
-from livepush.engines.base import Broker, LockStore, PresenceStore
+from livepush.collab.metrics import CollabMetrics
+from livepush.collab.tabs import Tabs
+from livepush.core.ratelimit import TokenBucket
 from livepush.protocol.envelope import Priority, Publication
 from livepush.protocol.errors import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
-    from livepush.core.hub import Hub
+    from livepush.core.node import Node
     from livepush.core.session import Session
-    from livepush.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +80,29 @@ class CollabSettings:
     max_state_bytes: int = 1024
     #: Largest ephemeral update value, encoded.
     max_ephemeral_bytes: int = 2048
+    #: Ephemeral updates (cursors...) per second per tab: over it they are dropped, never
+    #: answered nor held against the connection. A mouse can fire 1000 moves a second, and
+    #: coalescing (latest per tab and kind per tick) already bounds what others receive; this
+    #: bounds what a flood costs the server.
+    ephemeral_rate: float = 1000.0
+    ephemeral_burst: float = 2000.0
+    #: A lock lapses this long after its holder's node stopped renewing it (node died).
+    lock_ttl: float = 30.0
+    #: A lock its tab has not asked for or confirmed (heartbeat) for this long is released,
+    #: even if the tab stays connected (a frozen or forgotten tab); n8n's `writeLockTtl`.
+    lock_idle_ttl: float = 120.0
 
     @classmethod
     def for_presence_ttl(cls, presence_ttl: float, **kwargs: Any) -> CollabSettings:
         """Settings whose dead-node detection fits in `presence_ttl`: entries live 5/6 of it
-        and are polled every 1/12 of it (30 s: 25 s and 2.5 s)."""
-        return cls(member_ttl=presence_ttl * 5 / 6, poll_interval=presence_ttl / 12, **kwargs)
+        and are polled every 1/12 of it (30 s: 25 s and 2.5 s); locks live as long as
+        presence."""
+        return cls(
+            member_ttl=presence_ttl * 5 / 6,
+            poll_interval=presence_ttl / 12,
+            lock_ttl=presence_ttl,
+            **kwargs,
+        )
 
 
 def room_channel(workflow_id: str) -> str:
@@ -168,9 +186,6 @@ class Room:
         self.node_locks: dict[str, int] = {}
 
 
-Spawn = Callable[[Coroutine[Any, Any, None]], None]
-Announce = Callable[[str, str, dict[str, Any]], Coroutine[Any, Any, None]]
-
 #: How long the claim to announce one lock's end is kept (only one node announces it).
 _ANNOUNCED_TTL: Final = 300.0
 
@@ -180,31 +195,23 @@ def ended_claim(lock: str, token: int) -> str:
     return f"ended:{lock}:{token}"
 
 
-class Collab:
+class Rooms:
     """The collaboration rooms of one node."""
 
     def __init__(
-        self,
-        broker: Broker,
-        presence: PresenceStore,
-        hub: Hub,
-        metrics: Metrics,
-        spawn: Spawn,
-        settings: CollabSettings | None = None,
-        *,
-        locks: LockStore | None = None,
-        announce: Announce | None = None,
+        self, node: Node, tabs: Tabs, metrics: CollabMetrics, settings: CollabSettings
     ) -> None:
-        self.broker = broker
-        self.presence = presence
-        self.locks = locks
-        self._announce = announce
+        self.broker = node.broker
+        self.presence = node.presence
+        self.locks = node.engine.locks
+        self.hub = node.hub
+        self._announce = node.announce
+        self._spawn = node.spawn
+        self.tabs = tabs
         #: Owner of this node's claims in the presence store.
         self.node_id = uuid.uuid4().hex[:12]
-        self.hub = hub
         self.metrics = metrics
-        self.settings = settings or CollabSettings()
-        self._spawn = spawn
+        self.settings = settings
         self.rooms: dict[str, Room] = {}
 
     # -- membership --------------------------------------------------------------------------
@@ -223,14 +230,12 @@ class Collab:
                 if self.rooms.get(workflow_id) is room and not room.editors:
                     del self.rooms[workflow_id]
                 raise
-            self.metrics.collab_rooms.set(len(self.rooms))
+            self.metrics.rooms.set(len(self.rooms))
         if session.closed:  # (it closed meanwhile: its close found no room to leave)
             if not room.editors and self.rooms.get(workflow_id) is room:
                 await self._drop(room)
             return
-        rooms = session.rooms
-        if rooms is None:
-            rooms = session.rooms = {}
+        rooms = self.tabs.of(session).rooms
         info = rooms.get(workflow_id)
         if info is None:
             info = rooms[workflow_id] = {"user": _user(session), "state": {}}
@@ -243,7 +248,7 @@ class Collab:
 
     async def update(self, session: Session, workflow_id: str, state: dict[str, Any]) -> None:
         """Change the tab's state in a room it is in (selected node, open panel, status)."""
-        if workflow_id not in (session.rooms or {}):
+        if workflow_id not in self.tabs.rooms(session):
             raise ProtocolError(
                 ErrorCode.NOT_SUBSCRIBED, f"open workflow {workflow_id!r} first (workflowOpened)"
             )
@@ -251,7 +256,7 @@ class Collab:
 
     async def leave(self, session: Session, workflow_id: str) -> bool:
         """The tab is no longer a collaborator; False when it was not one."""
-        if session.rooms is None or session.rooms.pop(workflow_id, None) is None:
+        if self.tabs.rooms(session).pop(workflow_id, None) is None:
             return False
         room = self.rooms.get(workflow_id)
         if room is None:
@@ -268,10 +273,12 @@ class Collab:
     def transfer(self, previous: Session, session: Session) -> None:
         """A reconnect under the same pushRef replaced `previous`: the new connection is the
         same tab, and stays in its rooms (its entries are the same)."""
-        rooms, previous.rooms = previous.rooms, None
-        if not rooms:
+        before = self.tabs.get(previous)
+        if before is None or not before.rooms:
             return
-        session.rooms = {**rooms, **(session.rooms or {})}
+        rooms, before.rooms = before.rooms, {}
+        after = self.tabs.of(session)
+        after.rooms = {**rooms, **after.rooms}
         for workflow_id in rooms:
             room = self.rooms.get(workflow_id)
             if room is not None:
@@ -280,7 +287,7 @@ class Collab:
 
     async def leave_all(self, session: Session) -> None:
         """A closed tab leaves all its rooms at once."""
-        for workflow_id in list(session.rooms or ()):
+        for workflow_id in list(self.tabs.rooms(session)):
             await self.leave(session, workflow_id)
 
     async def _drop(self, room: Room) -> None:
@@ -292,16 +299,15 @@ class Collab:
                 handle.cancel()
         if room.pending:
             self._send_tick(room)
-        self.metrics.collab_rooms.set(len(self.rooms))
+        self.metrics.rooms.set(len(self.rooms))
         await self.broker.unsubscribe(room.channel)
 
     def renewals(self, sessions: Iterable[Session]) -> list[tuple[str, str, dict[str, Any]]]:
         """The presence entries of these sessions' rooms (renewed by the node)."""
         return [
-            (room_channel(workflow_id), s.push_ref, info)
-            for s in sessions
-            if s.rooms
-            for workflow_id, info in s.rooms.items()
+            (room_channel(workflow_id), session.push_ref, info)
+            for session, tab in self.tabs.among(sessions)
+            for workflow_id, info in tab.rooms.items()
         ]
 
     def _checked_state(self, state: dict[str, Any]) -> dict[str, Any]:
@@ -334,7 +340,7 @@ class Collab:
         elif publication.type == EPHEMERAL:
             editors = tuple(room.editors)
             self.hub.deliver(editors, publication)
-            self.metrics.collab_ephemeral_delivered.inc(len(editors))
+            self.metrics.ephemeral_delivered.inc(len(editors))
 
     def _schedule(self, room: Room) -> None:
         if room.flush_handle is not None or room.flushing:
@@ -365,7 +371,7 @@ class Collab:
                     room.channel, COLLABORATORS, data, priority=Priority.EPHEMERAL, key="presence"
                 )
                 self.hub.deliver(tuple(room.editors), publication)
-                self.metrics.collab_presence_sent.inc(len(room.editors))
+                self.metrics.presence_sent.inc(len(room.editors))
         finally:
             room.flushing = False
             room.last_flush = time.monotonic()
@@ -377,8 +383,6 @@ class Collab:
         its node locks (`nodeUnlocked`) that ended without a release (its holder's node died,
         or the holder stopped renewing it): once, by whichever node notices first. A released
         lock is claimed as announced by the releasing node."""
-        if self.locks is None or self._announce is None:
-            return
         workflow_id = room.workflow_id
         lock = f"workflow:{workflow_id}"
         try:
@@ -440,6 +444,21 @@ class Collab:
 
     # -- ephemeral state ---------------------------------------------------------------------
 
+    def ephemeral_allowed(self, session: Session) -> bool:
+        """Whether the tab's ephemeral update fits its rate limit (else it is dropped, with
+        no answer: the next one supersedes it)."""
+        tab = self.tabs.of(session)
+        bucket = tab.ephemeral_rate
+        if bucket is None:
+            settings = self.settings
+            bucket = tab.ephemeral_rate = TokenBucket(
+                settings.ephemeral_rate, settings.ephemeral_burst
+            )
+        if bucket.try_take():
+            return True
+        self.metrics.ephemeral_limited.inc()
+        return False
+
     def ephemeral(self, session: Session, workflow_id: str, kind: str, data: Any) -> None:
         """Keep the tab's latest value of `kind`; it goes out with the room's next tick."""
         room = self.rooms.get(workflow_id)
@@ -460,10 +479,10 @@ class Collab:
                 ErrorCode.PAYLOAD_TOO_LARGE,
                 f"ephemeral update over {self.settings.max_ephemeral_bytes} bytes",
             )
-        self.metrics.collab_ephemeral_received.inc()
+        self.metrics.ephemeral_received.inc()
         key = (session.push_ref, kind)
         if key in room.pending:
-            self.metrics.collab_ephemeral_coalesced.inc()
+            self.metrics.ephemeral_coalesced.inc()
         room.pending[key] = update
         if room.tick_handle is None:
             room.tick_handle = asyncio.get_running_loop().call_later(

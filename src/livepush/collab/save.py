@@ -34,6 +34,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from livepush.collab.locks import check_lock
+from livepush.engines.base import LockStore
 from livepush.protocol.errors import ErrorCode
 
 Path = tuple[str | int, ...]
@@ -129,12 +131,10 @@ def resolve_save(
     return SaveResult("merged", merged, version, overlaps=overlaps)
 
 
-async def check_fencing(node: Any, lock: str, token: int) -> SaveResult | None:
+async def check_fencing(locks: LockStore, lock: str, token: int) -> SaveResult | None:
     """A `lock_lost` conflict when `token` is not the lock's current fencing token, else
-    None (`node`: a `livepush.core.node.Node`)."""
-    from livepush.collab.locks import check_lock
-
-    if await check_lock(node, lock, token):
+    None."""
+    if await check_lock(locks, lock, token):
         return None
     return SaveResult(
         "conflict",

@@ -19,7 +19,7 @@ import logging
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from livepush.core.ratelimit import TokenBucket
 from livepush.protocol.envelope import Priority, Publication, StreamPosition
@@ -27,7 +27,7 @@ from livepush.protocol.errors import CloseCode
 
 if TYPE_CHECKING:
     from livepush.auth.tokens import Identity
-    from livepush.metrics import Metrics
+    from livepush.core.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +95,6 @@ class SessionLimits:
     max_subscriptions: int = 128
     rate: float = 50.0
     burst: float = 100.0
-    #: Ephemeral updates (cursors...) per second: over it they are dropped, never answered
-    #: nor held against the connection. A mouse can fire 1000 moves a second, and coalescing
-    #: (latest per tab and kind per tick) already bounds what others receive; this bounds
-    #: what a flood costs the server.
-    ephemeral_rate: float = 1000.0
-    ephemeral_burst: float = 2000.0
 
 
 class _Mark:
@@ -139,16 +133,12 @@ class Session:
         "close_reason",
         "closed",
         "deadline",
-        "ephemeral_rate",
         "follows",
         "identity",
         "limits",
-        "lock_seen",
-        "locks",
         "metrics",
         "push_ref",
         "rate",
-        "rooms",
         "warned",
         "writer",
     )
@@ -191,18 +181,9 @@ class Session:
         #: until the first newer one.
         self._floors: dict[str, StreamPosition] | None = None
         self._closing = False
-        #: Channels the server subscribed this connection to (executions it follows), ended
-        #: by the server; created on first use.
+        #: Channels the server subscribed this connection to on a feature's behalf (the
+        #: executions it follows), ended by the server; created on first use.
         self.follows: set[str] | None = None
-        #: Locks this connection holds: name -> fencing token; created on first use.
-        self.locks: dict[str, int] | None = None
-        #: When the tab last asked for or confirmed each lock (monotonic seconds).
-        self.lock_seen: dict[str, float] | None = None
-        #: Collaboration rooms the tab is in: workflow id -> its presence entry; created on
-        #: first use.
-        self.rooms: dict[str, dict[str, Any]] | None = None
-        #: The separate, dropping rate limit of ephemeral updates (cursors); on first use.
-        self.ephemeral_rate: TokenBucket | None = None
 
     @property
     def user_id(self) -> str:

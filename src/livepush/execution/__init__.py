@@ -1,6 +1,8 @@
 """Execution progress: the relay (one stream per execution, its state, large outputs), the
-per-connection chunked transfers, and the Python helpers that publish n8n's events."""
+feature that plugs it into a node (followers, chunked outputs, snapshots), and the Python
+helpers that publish n8n's events through any `ExecutionSink`."""
 
-from livepush.execution.helpers import Execution, ExecutionSink, NodeRun
+from livepush.execution.helpers import Execution, NodeRun
+from livepush.execution.sink import EventRequest, ExecutionSink
 
-__all__ = ["Execution", "ExecutionSink", "NodeRun"]
+__all__ = ["EventRequest", "Execution", "ExecutionSink", "NodeRun"]

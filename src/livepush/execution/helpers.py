@@ -8,8 +8,8 @@
     await execution.node_after("HTTP Request", error={"message": "404", "description": "..."})
     await execution.finished("error")
 
-The sink is anything with `publish_execution(event_type, data, *, push_ref, workflow_id)`:
-a `Node` (in process), `livepush.publisher.Publisher` (through Redis, from workers) or
+The sink is an `ExecutionSink` (`execution/sink.py`): a node's `Executions` feature (in
+process), `livepush.publisher.Publisher` (through Redis, from workers) or
 `livepush.publisher.HttpPublisher` (the HTTP API). The helpers keep n8n's bookkeeping: the
 `executionIndex` of every node run, start times and durations, which node fed which
 (`source`), item counts per connection type, and livepush's progress fields (node i of n).
@@ -19,28 +19,14 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
+from livepush.execution.sink import ExecutionSink
 from livepush.protocol.execution import ExecutionStatus, WorkflowExecuteMode
 
 Items = list[dict[str, Any]]
 #: A node's output: connection type -> one list of items per output of the node.
 Output = dict[str, list[Items]]
-
-
-class ExecutionSink(Protocol):
-    """Where execution events go."""
-
-    async def publish_execution(
-        self,
-        event_type: str,
-        data: dict[str, Any] | bytes,
-        *,
-        push_ref: str | None = None,
-        workflow_id: str | None = None,
-    ) -> Any:
-        """Publish one execution event."""
-        ...
 
 
 def _now_ms() -> int:

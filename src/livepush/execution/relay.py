@@ -3,12 +3,12 @@
 One event, one publication, to `execution:<id>`, recorded in the execution's state in the same
 atomic engine step. The tab that started the run and the watchers of its workflow follow that
 stream: when it starts, an `executionStream` notice goes to `push:<pushRef>` and
-`workflow:<id>`, and the nodes subscribe whoever receives it (core/node.py). Node outputs over
-`inline_bytes` are stored once and announced by an `executionOutput`; each connection then
-pulls the output in chunks (core/node.py, `OutputTransfers`).
+`workflow:<id>`, and the nodes subscribe whoever receives it (`execution/feature.py`). Node
+outputs over `inline_bytes` are stored once and announced by an `executionOutput`; each
+connection then pulls the output in chunks (`execution/transfer.py`).
 
-Used by the node (in process and the HTTP API) and by `livepush.publisher` (through Redis): the
-same rules wherever an event comes from.
+Used by the node's `Executions` feature (in process and the HTTP API) and by
+`livepush.publisher` (through Redis): the same rules wherever an event comes from.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import msgspec
 
 from livepush.engines.base import SEQUENCE_SLOT, ExecutionStore
 from livepush.execution import state as execution_state
+from livepush.execution.sink import EventRequest
 from livepush.protocol import execution as events
 from livepush.protocol.channels import parse_channel, push_channel, validate_push_ref
 from livepush.protocol.envelope import Publication, compact_raw_object, encode_data
@@ -144,17 +145,15 @@ class ExecutionRelay:
         self.store = store
         self.settings = settings or ExecutionSettings()
 
-    async def publish(
-        self,
-        event_type: str,
-        data: dict[str, Any] | bytes,
-        *,
-        push_ref: str | None = None,
-        workflow_id: str | None = None,
-    ) -> Publication:
-        """Validate and publish one event; returns its publication in `execution:<id>`."""
-        event = prepare(event_type, data, self.settings, push_ref=push_ref, workflow_id=workflow_id)
-        return await self.publish_prepared(event)
+    def prepare(self, request: EventRequest) -> Event:
+        """Validate an event with this relay's settings (see `prepare`)."""
+        return prepare(
+            request.type,
+            request.data,
+            self.settings,
+            push_ref=request.push_ref,
+            workflow_id=request.workflow_id,
+        )
 
     async def publish_prepared(self, event: Event) -> Publication:
         """Publish an event checked by `prepare`."""

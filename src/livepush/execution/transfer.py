@@ -20,10 +20,11 @@ from collections import OrderedDict, deque
 from typing import NamedTuple
 
 import msgspec
+from prometheus_client import CollectorRegistry
 
 from livepush.core.session import Session
 from livepush.engines.base import ExecutionStore
-from livepush.metrics import Metrics
+from livepush.execution.metrics import ExecutionMetrics
 from livepush.protocol.envelope import Publication
 
 log = logging.getLogger(__name__)
@@ -70,11 +71,11 @@ class OutputTransfers:
         store: ExecutionStore,
         *,
         chunk_bytes: int,
-        metrics: Metrics | None = None,
+        metrics: ExecutionMetrics | None = None,
         cache_bytes: int = 32 * 1024 * 1024,
     ) -> None:
         self.store = store
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics or ExecutionMetrics(CollectorRegistry())
         self.chunk_bytes = chunk_bytes
         self._cache: OrderedDict[tuple[str, int], _Chunk] = OrderedDict()
         self._cache_bytes = 0

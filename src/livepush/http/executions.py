@@ -12,19 +12,21 @@ from typing import Annotated, Any
 import msgspec
 from aiohttp import web
 
-from livepush.config import Config
-from livepush.core.node import Node
+from livepush.auth.tokens import TokenVerifier
 from livepush.engines.base import EngineUnavailable
-from livepush.execution.relay import Event, prepare
-from livepush.http.errors import json_error, json_response, shielded
-from livepush.http.publish import check_api_key, decode_one_or_batch, presents_api_key
-from livepush.protocol.errors import ErrorCode, ProtocolError
-from livepush.transports.handshake import (
-    HandshakeSettings,
-    authenticate,
-    error_response,
-    query_params,
+from livepush.execution.feature import Executions
+from livepush.execution.relay import Event
+from livepush.execution.sink import EventRequest
+from livepush.http.api import (
+    api_key_bytes,
+    check_api_key,
+    decode_one_or_batch,
+    presents_api_key,
+    shielded,
 )
+from livepush.protocol.errors import ErrorCode, ProtocolError
+from livepush.requests import HandshakeSettings, authenticate, query_params
+from livepush.responses import error_response, json_error, json_response
 
 MAX_EVENTS = 1000
 #: Bytes of a stored output read per step when answering a fetch.
@@ -61,14 +63,18 @@ def _parse(body: bytes) -> tuple[list[ExecutionEvent], bool]:
 
 
 def add_execution_routes(
-    app: web.Application, node: Node, config: Config, handshake: HandshakeSettings
+    app: web.Application,
+    executions: Executions,
+    verifier: TokenVerifier,
+    handshake: HandshakeSettings,
+    api_key: str | None,
 ) -> None:
-    """Register the execution endpoints on a node's application."""
-    api_key = config.api_key.encode() if config.api_key else None
-    settings = node.settings.execution
+    """Register the execution endpoints of a node's `Executions` feature."""
+    key = api_key_bytes(api_key)
+    settings = executions.settings
 
     async def publish_events(request: web.Request) -> web.Response:
-        refused = check_api_key(request, api_key)
+        refused = check_api_key(request, key)
         if refused is not None:
             return refused
         try:
@@ -82,15 +88,8 @@ def add_execution_routes(
             planned: list[Event] = []
             for index, item in enumerate(items):
                 try:
-                    planned.append(
-                        prepare(
-                            item.type,
-                            bytes(item.data),
-                            settings,
-                            push_ref=item.pushRef,
-                            workflow_id=item.workflowId,
-                        )
-                    )
+                    given = EventRequest(item.type, bytes(item.data), item.pushRef, item.workflowId)
+                    planned.append(executions.relay.prepare(given))
                 except ProtocolError as exc:
                     where = f"events[{index}]: " if batch else ""
                     raise ProtocolError(exc.code, where + exc.message) from exc
@@ -101,7 +100,7 @@ def add_execution_routes(
 
         async def publish_all() -> None:
             for event in planned:
-                placed = await node.publish_event(event)
+                placed = await executions.publish_event(event)
                 published.append(_Position(placed.channel, placed.offset, placed.epoch))
 
         try:
@@ -113,11 +112,11 @@ def add_execution_routes(
 
     async def authorized(request: web.Request, execution_id: str) -> web.Response | None:
         """None when the request may see the execution, else the error response."""
-        if presents_api_key(request, api_key):
+        if presents_api_key(request, key):
             return None
         try:
-            identity = authenticate(request, node, handshake, query_params(request))
-            await node.authorize_execution(identity, execution_id)
+            identity = authenticate(request, verifier, handshake, query_params(request))
+            await executions.authorize(identity, execution_id)
         except ProtocolError as exc:
             return error_response(exc)
         return None
@@ -128,7 +127,7 @@ def add_execution_routes(
         if refused is not None:
             return refused
         try:
-            taken = await node.executions.snapshot(execution_id)
+            taken = await executions.snapshot(execution_id)
         except ProtocolError as exc:
             return error_response(exc)
         if taken is None:
@@ -148,7 +147,7 @@ def add_execution_routes(
         wanted = request.query.get("executionIndex")
         if wanted is not None and not wanted.isdigit():
             return json_error(400, ErrorCode.BAD_REQUEST, "executionIndex must be a number")
-        store = node.executions.store
+        store = executions.store
         try:
             recorded = await store.state(execution_id)
             entry = _find_output(recorded.fields if recorded else {}, node_name, wanted)

@@ -1,31 +1,26 @@
 """`POST /api/v1/publish`: publish one message or a batch, in order.
 
 The body's `data` objects are kept as the raw JSON bytes they arrived as (`msgspec.Raw`), so
-a message is never decoded and re-encoded on its way to the browsers.
+a message is never decoded and re-encoded on its way to the browsers. The whole request is
+checked (`Node.prepare`: once per message and channel) before anything is published, so a bad
+batch publishes nothing.
 """
 
 from __future__ import annotations
 
-import hmac
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import msgspec
 from aiohttp import web
 
+from livepush.core.extensions import Prepared
 from livepush.core.node import Node
 from livepush.engines.base import EngineUnavailable
-from livepush.execution.relay import ExecutionSettings, prepare
-from livepush.http.errors import json_error, json_response, shielded
-from livepush.protocol.channels import (
-    SYSTEM,
-    is_valid_user_id,
-    parse_channel,
-    push_channel,
-    user_channel,
-)
-from livepush.protocol.envelope import Priority, Publication, compact_raw_object, validate_type
+from livepush.http.api import api_key_bytes, check_api_key, decode_one_or_batch, shielded
+from livepush.protocol.channels import SYSTEM, is_valid_user_id, push_channel, user_channel
+from livepush.protocol.envelope import Priority, Publication
 from livepush.protocol.errors import ErrorCode, ProtocolError
-from livepush.protocol.execution import EXECUTION_EVENTS, validate_event
+from livepush.responses import json_error, json_response
 
 MAX_BATCH = 1000
 
@@ -103,25 +98,6 @@ def targets(message: PublishMessage) -> list[str]:
     return [SYSTEM]
 
 
-def decode_one_or_batch(
-    body: bytes, batch_key: str, one: msgspec.json.Decoder[Any], batch: msgspec.json.Decoder[Any]
-) -> tuple[list[Any], bool]:
-    """A request body holding one item, or `{batch_key: [items]}`: (items, whether a batch).
-    Bad JSON is `invalid_json`; a wrong shape `bad_request` with msgspec's path."""
-    try:
-        head: Any = msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
-        raise ProtocolError(ErrorCode.INVALID_JSON, f"body is not valid JSON: {exc}") from exc
-    if not isinstance(head, dict):
-        raise ProtocolError(ErrorCode.BAD_REQUEST, "body must be a JSON object")
-    try:
-        if batch_key in head:
-            return list(getattr(batch.decode(body), batch_key)), True
-        return [one.decode(body)], False
-    except msgspec.ValidationError as exc:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"invalid request: {exc}") from exc
-
-
 def _decode(body: bytes) -> tuple[list[PublishMessage], bool]:
     return decode_one_or_batch(body, "messages", _decode_single, _decode_batch)
 
@@ -130,31 +106,13 @@ def _position(publication: Publication) -> PublishedPosition:
     return PublishedPosition(publication.channel, publication.offset, publication.epoch)
 
 
-def presents_api_key(request: web.Request, api_key: bytes | None) -> bool:
-    """Whether the request carries the API key (`Authorization: Bearer <key>`)."""
-    authorization = request.headers.get("Authorization", "")
-    presented = authorization[7:].strip() if authorization[:7].lower() == "bearer " else ""
-    return api_key is not None and hmac.compare_digest(presented.encode(), api_key)
-
-
-def check_api_key(request: web.Request, api_key: bytes | None) -> web.Response | None:
-    """The error response for a request without the API key, or None when it has it."""
-    if api_key is None:
-        return json_error(503, ErrorCode.PUBLISH_DISABLED, "the server API needs LIVEPUSH_API_KEY")
-    if not presents_api_key(request, api_key):
-        return json_error(
-            401, ErrorCode.INVALID_API_KEY, "send `Authorization: Bearer <LIVEPUSH_API_KEY>`"
-        )
-    return None
-
-
 class PublishHandler:
     """The publish endpoint of one node."""
 
     def __init__(self, node: Node, api_key: str | None, max_bytes: int) -> None:
         self._node = node
         self._max_bytes = max_bytes
-        self._api_key = api_key.encode() if api_key else None
+        self._api_key = api_key_bytes(api_key)
 
     async def handle(self, request: web.Request) -> web.Response:
         """Authenticate, validate the whole request, then publish every message in order."""
@@ -178,7 +136,7 @@ class PublishHandler:
         try:
             messages, batch = _decode(body)
             plan = [
-                _plan(message, index if batch else None, self._node.settings.execution)
+                self._plan(message, index if batch else None)
                 for index, message in enumerate(messages)
             ]
         except ProtocolError as exc:
@@ -194,34 +152,22 @@ class PublishHandler:
             return json_response(PublishBatchResult(results))
         return json_response(results[0])
 
-    async def _publish_all(self, plan: list[_Planned], results: list[PublishResult]) -> None:
-        for message, channels, data in plan:
-            priority = Priority.EPHEMERAL if message.priority == "ephemeral" else Priority.RELIABLE
-            published = [
-                await self._node.publish(
-                    channel, message.type, data, priority=priority, key=message.key
-                )
-                for channel in channels
-            ]
+    async def _publish_all(
+        self, plan: list[list[Publication | Prepared]], results: list[PublishResult]
+    ) -> None:
+        for prepared in plan:
+            published = [await self._node.publish_prepared(p) for p in prepared]
             results.append(PublishResult([_position(p) for p in published]))
 
-
-_Planned = tuple[PublishMessage, list[str], bytes]
-
-
-def _plan(message: PublishMessage, index: int | None, execution: ExecutionSettings) -> _Planned:
-    """Validate before anything is published, so a bad batch publishes nothing."""
-    where = "" if index is None else f"messages[{index}]: "
-    try:
-        channels = targets(message)
-        validate_type(message.type)
-        data = compact_raw_object(bytes(message.data))
-        for channel in channels:
-            parse_channel(channel)
-            if message.type in EXECUTION_EVENTS and channel.startswith("execution:"):
-                prepare(message.type, data, execution, channel=channel)
-            else:
-                validate_event(message.type, data)
-    except ProtocolError as exc:
-        raise ProtocolError(exc.code, where + exc.message) from exc
-    return message, channels, data
+    def _plan(self, message: PublishMessage, index: int | None) -> list[Publication | Prepared]:
+        """Check and encode a message for each of its channels (a bad one names its index)."""
+        priority = Priority.EPHEMERAL if message.priority == "ephemeral" else Priority.RELIABLE
+        data = bytes(message.data)
+        try:
+            return [
+                self._node.prepare(channel, message.type, data, priority=priority, key=message.key)
+                for channel in targets(message)
+            ]
+        except ProtocolError as exc:
+            where = "" if index is None else f"messages[{index}]: "
+            raise ProtocolError(exc.code, where + exc.message) from exc

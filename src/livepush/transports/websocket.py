@@ -29,19 +29,16 @@ import hashlib
 import logging
 import struct
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import cast
 
 from aiohttp import hdrs, web
 
 from livepush.core.node import Node
 from livepush.core.session import GONE, PAUSED, SENT, Session
-from livepush.engines.base import EngineUnavailable
-from livepush.http.errors import json_error
 from livepush.protocol.envelope import Publication, StreamPosition, error_message
 from livepush.protocol.errors import CloseCode, ErrorCode, ProtocolError
-from livepush.transports.handshake import HandshakeSettings, accept, error_response
-from livepush.transports.sse import serve_sse
+from livepush.responses import error_response
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +128,14 @@ def check_upgrade(request: web.Request) -> str:
     if not valid:
         raise HandshakeError("Sec-WebSocket-Key must be 16 random bytes in base64")
     return key
+
+
+def refusal(exc: ProtocolError) -> web.Response:
+    """The HTTP error refusing an upgrade (a wrong WebSocket version says which one to use)."""
+    response = error_response(exc)
+    if isinstance(exc, HandshakeError) and exc.version:
+        response.headers[hdrs.SEC_WEBSOCKET_VERSION] = "13"
+    return response
 
 
 class WebSocketConnection(asyncio.Protocol):
@@ -438,7 +443,7 @@ class WebSocketConnection(asyncio.Protocol):
                     if self._socket is not None and self._state != _CLOSED:
                         self._socket.resume_reading()
                 if isinstance(message, str):
-                    await node.handle_message(session, message)
+                    await node.commands.handle(session, message)
                 else:
                     session.send_control(
                         error_message(
@@ -503,7 +508,7 @@ class WebSocketConnection(asyncio.Protocol):
         task.add_done_callback(_finishing.discard)
 
 
-def _hand_over(request: web.Request, connection: WebSocketConnection, key: str) -> None:
+def hand_over(request: web.Request, connection: WebSocketConnection, key: str) -> None:
     """Write the 101 response and switch the socket from aiohttp's protocol to ours."""
     socket = cast(asyncio.Transport, request.transport)
     # Bytes after the request (a client may not send frames before the 101, but be lenient).
@@ -518,63 +523,13 @@ def _hand_over(request: web.Request, connection: WebSocketConnection, key: str) 
         connection.data_received(tail)
 
 
-def _release(request: web.Request) -> web.Response:
+def release_request(request: web.Request) -> web.Response:
     """Detach aiohttp's request handler from the socket it no longer owns: to it, the
     connection is gone (it unregisters it and ends its task without touching the socket)."""
     protocol = request.protocol
     protocol.transport = None
     protocol.connection_lost(None)
     return web.Response(status=101)  # never written: aiohttp's side of the socket is gone
-
-
-def push_endpoint(
-    node: Node, settings: HandshakeSettings, *, max_message_bytes: int, sse_retry_ms: int
-) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    """The handler of `GET {rest}/push`: WebSocket upgrades are served here (then handed to a
-    `WebSocketConnection`), event streams by `transports/sse.py`, anything else gets a 406.
-
-    Keep-alive pings come from the node's single keep-alive timer; any frame from the client,
-    a pong included, proves it alive.
-    """
-
-    async def push(request: web.Request) -> web.StreamResponse:
-        upgrade = request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
-        if not upgrade and "text/event-stream" not in request.headers.get(hdrs.ACCEPT, ""):
-            return json_error(
-                406,
-                ErrorCode.NOT_ACCEPTABLE,
-                "open a WebSocket (Upgrade: websocket) or an event stream "
-                "(Accept: text/event-stream) on this URL",
-            )
-        try:
-            key = check_upgrade(request) if upgrade else ""
-            handshake = await accept(request, node, settings)
-        except ProtocolError as exc:
-            node.metrics.handshake_failures.labels(exc.code.value).inc()
-            response = error_response(exc)
-            if isinstance(exc, HandshakeError) and exc.version:
-                response.headers[hdrs.SEC_WEBSOCKET_VERSION] = "13"
-            return response
-        if not upgrade:
-            stream = serve_sse(request, node, handshake, retry_ms=sse_retry_ms)
-            del handshake  # the stream's coroutine drops its own reference when open
-            return await stream
-        connection = WebSocketConnection(node, max_message_bytes)
-        _hand_over(request, connection, key)
-        try:
-            session = await handshake.open_session(node, connection)
-        except EngineUnavailable as exc:
-            log.warning("could not open a session for %s: %s", handshake.push_ref, exc)
-            connection.close(CloseCode.TRY_AGAIN_LATER, "engine unavailable; reconnect")
-            return _release(request)
-        except Exception:
-            log.exception("could not open a session for %s", handshake.push_ref)
-            connection.close(CloseCode.INTERNAL_ERROR, "internal error")
-            return _release(request)
-        connection.start(session)
-        return _release(request)
-
-    return push
 
 
 async def close_all(node: Node, grace: float = 1.0) -> None:

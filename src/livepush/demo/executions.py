@@ -31,6 +31,7 @@ from typing import Any
 import msgspec
 
 from livepush.execution.helpers import Execution, Items, Output
+from livepush.execution.sink import EventRequest, ExecutionSink
 from livepush.protocol.execution import ExecutionStatus
 from livepush.publisher import HttpPublisher
 
@@ -237,7 +238,7 @@ _execution_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 
 
-class CountingSink:
+class CountingSink(ExecutionSink):
     """Encodes each event once, counts it, optionally stamps it, and publishes it."""
 
     def __init__(
@@ -253,14 +254,9 @@ class CountingSink:
         self.stamp = stamp
         self.gate = gate
 
-    async def publish_execution(
-        self,
-        event_type: str,
-        data: dict[str, Any] | bytes,
-        *,
-        push_ref: str | None = None,
-        workflow_id: str | None = None,
-    ) -> Any:
+    async def submit(self, request: EventRequest) -> Any:
+        """Count (and stamp) the event, then hand it to the publisher."""
+        data = request.data
         if self.gate is not None:
             await self.gate()
         if isinstance(data, dict):
@@ -273,9 +269,7 @@ class CountingSink:
         if execution_id is not None:
             counts = self.report.events_per_execution
             counts[execution_id] = counts.get(execution_id, 0) + 1
-        return await self.publisher.publish_execution(
-            event_type, data, push_ref=push_ref, workflow_id=workflow_id
-        )
+        return await self.publisher.submit(request._replace(data=data))
 
 
 class _Filler:

@@ -1,5 +1,7 @@
-"""Prometheus metrics of one node. Each node has its own registry, so several nodes can live in
-one process (tests) without clashing; `/metrics` serves it in the text format.
+"""Prometheus metrics of one node: connections, messages, bytes, latency, drops, errors. Each
+node has its own registry, so several nodes can live in one process (tests) without clashing;
+`/metrics` serves it in the text format. Features register their own series in the same
+registry (`execution/metrics.py`, `collab/metrics.py`, `collab/crdt/metrics.py`).
 
 Hot-path counts are taken once per publication (recipients as the amount), never per recipient.
 """
@@ -96,41 +98,6 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.output_transfers = Gauge(
-            "livepush_output_transfers",
-            "Connections receiving a chunked node output right now",
-            registry=r,
-        )
-        self.output_chunks = Counter(
-            "livepush_output_chunks",
-            "Chunks of large node outputs sent, and their bytes",
-            ["unit"],
-            registry=r,
-        )
-        self.follows = Counter(
-            "livepush_execution_follows",
-            "Subscriptions to executions started by the server (followers of a tab or workflow)",
-            registry=r,
-        )
-        self.collab_rooms = Gauge(
-            "livepush_collab_rooms", "Collaboration rooms with editors on this node", registry=r
-        )
-        self.collab_presence_sent = Counter(
-            "livepush_collab_presence_sent",
-            "collaboratorsChanged messages handed to connections",
-            registry=r,
-        )
-        self.collab_ephemeral = Counter(
-            "livepush_collab_ephemeral",
-            "Ephemeral updates (cursors...): received, coalesced (replaced by a newer one before "
-            "the tick), rate_limited (dropped), and batches delivered to connections",
-            ["outcome"],
-            registry=r,
-        )
-        self.collab_ephemeral_coalesced = self.collab_ephemeral.labels("coalesced")
-        self.collab_ephemeral_received = self.collab_ephemeral.labels("received")
-        self.collab_ephemeral_limited = self.collab_ephemeral.labels("rate_limited")
-        self.collab_ephemeral_delivered = self.collab_ephemeral.labels("delivered")
         self._out_by_type: dict[str, tuple[Any, Any]] = {}
         self._drops_by_reason: dict[str, Any] = {}
 

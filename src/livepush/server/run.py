@@ -21,7 +21,7 @@ import time
 from aiohttp import web
 
 from livepush.config import Config
-from livepush.http.app import NODE_KEY, create_app
+from livepush.server.app import SERVICES, create_app
 
 log = logging.getLogger("livepush")
 
@@ -58,7 +58,7 @@ async def serve(
 ) -> None:
     """Serve until SIGTERM or SIGINT, then drain."""
     app = create_app(config)
-    node = app[NODE_KEY]
+    node = app[SERVICES].node
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, backlog=4096, reuse_port=reuse_port)

@@ -11,8 +11,8 @@ from typing import Any
 from pycrdt import Doc, Map
 
 from livepush.client.crdt import CrdtClient, crdt_url
-from livepush.collab.crdt.store import StoreSettings
-from livepush.collab.crdt.store_redis import RedisDocumentStore
+from livepush.engines.documents import StoreSettings
+from livepush.engines.redis import RedisDocumentStore
 from tests.conftest import RunningServer, ServerFactory, redis_url
 from tests.crdt.crdt_support import canvas_of, content, eventually
 

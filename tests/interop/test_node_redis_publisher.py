@@ -29,7 +29,7 @@ async def test_node_worker_publishes_through_redis(
     server: RunningServer = await server_factory(engine="redis", redis_url=url, redis_prefix=prefix)
     ws = await http.ws_connect(server.push_url("tab", server.token(), channels="workflow:1"))
     assert (await receive_json(ws))["type"] == "connected"
-    lua = resources.files("livepush.engines").joinpath("lua", "publish.lua")
+    lua = resources.files("livepush.engines.redis").joinpath("lua", "publish.lua")
     process = await asyncio.create_subprocess_exec(
         "node",
         str(publisher_script),

@@ -1,6 +1,6 @@
-"""The engine contracts. `memory.py` implements them in-process; a Redis engine implements the
-same contracts for clusters, and one contract test suite (tests/engines) runs against every
-engine.
+"""The engine contracts. `memory.py` implements them in-process; the Redis engine (`redis/`)
+implements the same contracts for clusters, and one contract test suite (tests/engines) runs
+against every engine. The document store's contract is `documents.py`.
 
 Guarantees every broker gives:
 - `publish` of a reliable publication assigns the channel's next offset, appends it to the
@@ -20,6 +20,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NamedTuple
 
+from livepush.engines.documents import DocumentStore
 from livepush.protocol.envelope import Publication, StreamPosition
 from livepush.protocol.errors import ErrorCode, ProtocolError
 
@@ -273,9 +274,11 @@ class LockStore(ABC):
 
 
 class Engine(NamedTuple):
-    """A broker, a presence store, an execution store and a lock store that work together."""
+    """A broker, a presence store, an execution store, a lock store and a document store that
+    work together (`factory.build_engine` builds the configured one)."""
 
     broker: Broker
     presence: PresenceStore
     executions: ExecutionStore
     locks: LockStore
+    documents: DocumentStore

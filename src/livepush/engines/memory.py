@@ -1,4 +1,5 @@
-"""The embedded single-node engine: history and presence in process memory.
+"""The embedded single-node engine: history and presence in process memory (its CRDT documents
+are on disk: `sqlite.py`).
 
 Publishing is synchronous under the hood (no await between assigning an offset, appending to
 history and handing the publication to the node), which is what makes it atomic per channel.
@@ -23,6 +24,8 @@ from livepush.engines.base import (
     Recovery,
     with_sequence,
 )
+from livepush.engines.documents import StoreSettings
+from livepush.engines.sqlite import DEFAULT_PATH, SqliteDocumentStore
 from livepush.protocol.envelope import Priority, Publication, StreamPosition
 
 
@@ -355,12 +358,15 @@ def memory_engine(
     history_ttl: float = 300.0,
     stream_ttl: float = 3600.0,
     output_bytes: int = 1024 * 1024 * 1024,
+    sqlite_path: str = DEFAULT_PATH,
+    documents: StoreSettings | None = None,
 ) -> Engine:
-    """The embedded default engine."""
+    """The embedded default engine (its documents in the SQLite file `sqlite_path`)."""
     broker = MemoryBroker(history_size=history_size, history_ttl=history_ttl, stream_ttl=stream_ttl)
     return Engine(
         broker,
         MemoryPresence(),
         MemoryExecutions(broker, output_bytes=output_bytes),
         MemoryLocks(),
+        SqliteDocumentStore(sqlite_path, documents),
     )

@@ -18,17 +18,13 @@ from livepush.auth.tokens import TokenVerifier
 from livepush.collab.crdt.documents import CrdtSettings, Documents
 from livepush.collab.crdt.metrics import CrdtMetrics
 from livepush.collab.crdt.room import Rooms as DocumentRooms
-from livepush.collab.crdt.store import DocumentStore, StoreSettings
-from livepush.collab.crdt.store_redis import RedisDocumentStore
-from livepush.collab.crdt.store_sqlite import SqliteDocumentStore
 from livepush.collab.feature import Collaboration
 from livepush.collab.rooms import CollabSettings
 from livepush.config import Config
 from livepush.core.node import Node, NodeSettings
 from livepush.core.session import SessionLimits
-from livepush.engines.base import Engine
-from livepush.engines.memory import memory_engine
-from livepush.engines.redis import redis_engine
+from livepush.engines.documents import StoreSettings
+from livepush.engines.factory import EngineSettings, build_engine
 from livepush.execution.feature import Executions
 from livepush.execution.relay import ExecutionSettings
 from livepush.http.collab import add_collab_routes
@@ -56,34 +52,22 @@ class Services:
 SERVICES = web.AppKey("livepush.services", Services)
 
 
-def build_engine(config: Config) -> Engine:
-    """The configured engine."""
-    if config.engine == "redis":
-        return redis_engine(
-            config.redis_url,
-            history_size=config.history_size,
-            history_ttl=config.history_ttl,
-            prefix=config.redis_prefix,
-            cluster=config.redis_cluster,
-        )
-    return memory_engine(
+def engine_settings(config: Config) -> EngineSettings:
+    """The configured engine's settings."""
+    return EngineSettings(
+        kind="redis" if config.engine == "redis" else "memory",
         history_size=config.history_size,
         history_ttl=config.history_ttl,
-        stream_ttl=max(3600.0, config.execution_retention),
-        output_bytes=config.output_store_bytes,
+        redis_url=config.redis_url,
+        redis_prefix=config.redis_prefix,
+        redis_cluster=config.redis_cluster,
+        memory_stream_ttl=max(3600.0, config.execution_retention),
+        memory_output_bytes=config.output_store_bytes,
+        sqlite_path=config.crdt_path,
+        documents=StoreSettings(
+            max_doc_bytes=config.crdt_max_doc_bytes, compact_updates=config.crdt_compact_updates
+        ),
     )
-
-
-def build_store(config: Config) -> DocumentStore:
-    """The configured engine's document store."""
-    settings = StoreSettings(
-        max_doc_bytes=config.crdt_max_doc_bytes, compact_updates=config.crdt_compact_updates
-    )
-    if config.engine == "redis":
-        return RedisDocumentStore(
-            config.redis_url, settings, prefix=config.redis_prefix, cluster=config.redis_cluster
-        )
-    return SqliteDocumentStore(config.crdt_path, settings)
 
 
 def execution_settings(config: Config) -> ExecutionSettings:
@@ -124,7 +108,7 @@ def build_node(config: Config) -> Node:
         user_claim=config.jwt_user_claim,
     )
     return Node(
-        build_engine(config),
+        build_engine(engine_settings(config)),
         verifier,
         policy=build_policy(config),
         settings=NodeSettings(
@@ -164,7 +148,7 @@ def build_services(config: Config) -> Services:
     )
     executions = Executions(node, execution_settings(config))
     rooms = DocumentRooms(
-        build_store(config),
+        node.engine.documents,
         CrdtMetrics(node.metrics.registry),
         unload_delay=config.crdt_unload_delay,
         awareness_tick=config.crdt_awareness_tick,

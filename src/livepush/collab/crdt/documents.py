@@ -22,10 +22,10 @@ from typing import Any, Protocol
 from livepush.auth.tokens import Identity
 from livepush.collab.crdt.metrics import CrdtMetrics
 from livepush.collab.crdt.room import Peer, Room, Rooms
-from livepush.collab.crdt.store import DocumentTooLarge
 from livepush.core.extensions import Feature
 from livepush.core.node import Node
 from livepush.engines.base import EngineUnavailable
+from livepush.engines.documents import DocumentTooLarge
 from livepush.protocol.channels import parse_channel
 from livepush.protocol.crdt import (
     MESSAGE_AWARENESS,

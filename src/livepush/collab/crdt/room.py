@@ -24,7 +24,7 @@ from pycrdt import Doc, get_update, merge_updates
 
 from livepush.collab.crdt.awareness import AwarenessTable
 from livepush.collab.crdt.metrics import CrdtMetrics
-from livepush.collab.crdt.store import DocumentStore
+from livepush.engines.documents import DocumentStore
 from livepush.protocol.crdt import (
     EMPTY_UPDATE,
     AwarenessEntry,

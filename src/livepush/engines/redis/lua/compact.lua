@@ -1,5 +1,5 @@
 -- livepush: replace a CRDT document's snapshot and the updates merged into it
--- (collab/crdt/store_redis.py).
+-- (engines/redis/documents.py).
 --
 -- KEYS[1]  the document's updates  <prefix>:y:{<doc>}:u
 -- KEYS[2]  the document's meta     <prefix>:y:{<doc>}:m

@@ -14,9 +14,9 @@ import pytest
 import redis.asyncio as aioredis
 from pycrdt import Doc, Map
 
-from livepush.collab.crdt.store import DocumentStore, DocumentTooLarge, StoreSettings, squash
-from livepush.collab.crdt.store_redis import RedisDocumentStore
-from livepush.collab.crdt.store_sqlite import SqliteDocumentStore
+from livepush.engines.documents import DocumentStore, DocumentTooLarge, StoreSettings, squash
+from livepush.engines.redis import RedisDocumentStore
+from livepush.engines.sqlite import SqliteDocumentStore
 from tests.conftest import redis_url
 from tests.crdt.crdt_support import content, eventually
 

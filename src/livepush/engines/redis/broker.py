@@ -1,17 +1,5 @@
-"""The Redis engine: history in Redis Streams, fan-out through Redis pub/sub, presence in keys
-with expiry, so any number of nodes (and external publishers) share channels.
-
-Redis-level format (version 1, documented in docs/protocol.md so other languages can publish):
-
-- a channel `workflow:42` has the keys `<prefix>:{workflow:42}:m` (hash: `e` epoch, `o` newest
-  offset) and `<prefix>:{workflow:42}:s` (stream: entry id `<offset>-0`, fields `t` Redis time
-  in ms and `m` the message), and the pub/sub channel `<prefix>:{workflow:42}`; the braces are
-  a Redis Cluster hash tag, so all three live in one slot;
-- a message is JSON `{"channel", "type", "data", "ts"}` (`ts`: publish time, epoch seconds;
-  ephemeral messages add `"key"`), published as `<offset>:<epoch>:<message>` (ephemeral:
-  `::<message>`, outside the stream);
-- reliable publishing is the `lua/publish.lua` script: offset, stream append and publish in
-  one atomic step, so every node sees a channel's messages in one order.
+"""The Redis broker: fan-out through Redis pub/sub, history in the channel streams
+(`streams.py`, which holds the Redis-level format), and commands forwarded between nodes.
 
 Each node subscribes only to the channels its connections are in. It tracks the newest offset
 it delivered per channel: a duplicate is dropped, a gap (a message lost while its pub/sub
@@ -19,7 +7,8 @@ connection was down) is filled from the stream before anything newer is delivere
 stream cannot fill it (Redis lost or trimmed it; the epoch changed) the node is told through
 the broker's reset handler, which tells the clients. When the pub/sub connection drops the node
 reconnects with backoff, is not ready meanwhile, re-subscribes, and fills every channel from
-the stream.
+the stream. In a Redis Cluster the channels are spread over one pub/sub connection per primary
+(sharded pub/sub).
 """
 
 from __future__ import annotations
@@ -29,165 +18,25 @@ import contextlib
 import logging
 import random
 import secrets
-from collections.abc import AsyncIterator, Sequence
-from importlib import resources
-from typing import Any, ClassVar, cast
+from collections.abc import Sequence
+from typing import Any, cast
 
 import msgspec
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.exceptions import RedisError
 
-from livepush.engines.base import (
-    SEQUENCE_SLOT,
-    Broker,
-    Engine,
-    EngineUnavailable,
-    ExecutionState,
-    ExecutionStore,
-    LockGrant,
-    LockStore,
-    PresenceStore,
-    Recovery,
-    with_sequence,
-)
-from livepush.protocol.envelope import Priority, Publication, StreamPosition
+from livepush.engines.base import Broker, EngineUnavailable, Recovery
+from livepush.engines.redis.client import Keys, connect, to_text
+from livepush.engines.redis.streams import RedisStreams, decode_publication
+from livepush.protocol.envelope import Publication, StreamPosition
 from livepush.protocol.errors import ErrorCode, ProtocolError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-#: Commands in flight at once on a Redis Cluster (also its connections per node).
-CLUSTER_CONCURRENCY = 64
-
-
-def _script(name: str) -> str:
-    return resources.files("livepush.engines").joinpath("lua", name).read_text()
-
-
-PUBLISH_LUA = _script("publish.lua")
-RECOVER_LUA = _script("recover.lua")
-CLAIM_LUA = _script("claim.lua")
-RELEASE_LUA = _script("release.lua")
-MEMBERS_LUA = _script("members.lua")
-LOCK_LUA = _script("lock.lua")
-UNLOCK_LUA = _script("unlock.lua")
-
-
-class WireMessage(msgspec.Struct, omit_defaults=True):
-    """A message as stored in the stream and sent over pub/sub."""
-
-    channel: str
-    type: str
-    data: msgspec.Raw
-    ts: float
-    key: str | None = None
-
-
-_decode_message = msgspec.json.Decoder(WireMessage).decode
 _encode = msgspec.json.encode
-
-
-def encode_message(publication: Publication) -> bytes:
-    """The Redis-level message of a publication."""
-    message = WireMessage(
-        publication.channel,
-        publication.type,
-        msgspec.Raw(publication.data),
-        publication.published_at,
-        publication.key,
-    )
-    return _encode(message)
-
-
-def _publication(message: bytes, offset: int | None, epoch: str | None) -> Publication:
-    wire = _decode_message(message)
-    return Publication(
-        wire.channel,
-        wire.type,
-        bytes(wire.data),
-        offset=offset,
-        epoch=epoch,
-        priority=Priority.RELIABLE if offset is not None else Priority.EPHEMERAL,
-        key=wire.key,
-        published_at=wire.ts,
-    )
-
-
-def new_epoch() -> str:
-    """A fresh random epoch."""
-    return secrets.token_hex(6)
-
-
-class Keys:
-    """Key names of a channel (one Redis Cluster slot per channel, via the hash tag)."""
-
-    __slots__ = ("prefix",)
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-
-    def meta(self, channel: str) -> str:
-        return f"{self.prefix}:{{{channel}}}:m"
-
-    def stream(self, channel: str) -> str:
-        return f"{self.prefix}:{{{channel}}}:s"
-
-    def pubsub(self, channel: str) -> str:
-        return f"{self.prefix}:{{{channel}}}"
-
-    def channel_of(self, pubsub_name: str) -> str:
-        return pubsub_name[len(self.prefix) + 2 : -1]
-
-    def claim(self, name: str) -> str:
-        return f"{self.prefix}:c:{{{name}}}"
-
-    def lock(self, name: str) -> tuple[str, str]:
-        return f"{self.prefix}:l:{{{name}}}", f"{self.prefix}:l:{{{name}}}:f"
-
-    def execution(self, execution_id: str) -> str:
-        return f"{self.prefix}:{{execution:{execution_id}}}:x"
-
-    def output(self, execution_id: str, name: str) -> str:
-        return f"{self.prefix}:{{execution:{execution_id}}}:o:{name}"
-
-    def presence(self, channel: str) -> tuple[str, str]:
-        return f"{self.prefix}:p:{{{channel}}}:z", f"{self.prefix}:p:{{{channel}}}:h"
-
-
-def connect(
-    url: str,
-    *,
-    cluster: bool = False,
-    retries: int = 3,
-    name: str | None = None,
-    max_connections: int = 32,
-) -> aioredis.Redis | RedisCluster:
-    """A Redis client. Commands are retried a few times; the pub/sub client gets no retries,
-    so that the broker sees every disconnect and resynchronises. At most `max_connections`
-    connections (per cluster node) are opened; more concurrent commands wait for one (a
-    connection storm of thousands of clients does not open thousands of Redis connections).
-    `name` shows in CLIENT LIST."""
-    if retries:
-        retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries)
-    else:
-        retry = Retry(NoBackoff(), 0)
-    if cluster:
-        return RedisCluster.from_url(
-            url, retry=retry, client_name=name, max_connections=CLUSTER_CONCURRENCY
-        )
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=10,
-        retry=retry,
-        health_check_interval=10,
-        client_name=name,
-    )
-    return aioredis.Redis.from_pool(pool)
 
 
 class _Forwarded:
@@ -248,125 +97,6 @@ class _Channel:
         self.epoch = ""
         self.offset = 0
         self.pending: list[tuple[int, str, bytes]] = []
-
-
-class RedisStreams:
-    """The command side of the Redis engine: publish (the atomic script), position, recover.
-    Used by every node's broker and by external publishers (`livepush.publisher`)."""
-
-    def __init__(
-        self,
-        url: str,
-        *,
-        history_size: int = 1000,
-        history_ttl: float = 300.0,
-        stream_ttl: float = 3600.0,
-        prefix: str = "livepush",
-        cluster: bool = False,
-    ) -> None:
-        self.url = url
-        self.cluster = cluster
-        self.keys = Keys(prefix)
-        self._history_size = str(history_size)
-        self._history_ttl_ms = str(int(history_ttl * 1000))
-        self._stream_ttl_ms = str(int(max(stream_ttl, history_ttl) * 1000))
-        self.redis: Any = None
-        self._publish_script: Any = None
-        self._recover_script: Any = None
-        self._call = _Calls(cluster)
-
-    async def start(self) -> None:
-        """Connect (fails if Redis is unreachable)."""
-        self.redis = connect(self.url, cluster=self.cluster)
-        self._publish_script = self.redis.register_script(PUBLISH_LUA)
-        self._recover_script = self.redis.register_script(RECOVER_LUA)
-        async with self._call():
-            await self.redis.ping()
-
-    async def close(self) -> None:
-        """Disconnect."""
-        if self.redis is not None:
-            with contextlib.suppress(RedisError, OSError):
-                await self.redis.aclose()
-
-    async def publish(
-        self,
-        publication: Publication,
-        *,
-        sequence: bool = False,
-        state: tuple[str, float, Sequence[str], Sequence[tuple[str, bytes]]] | None = None,
-    ) -> Publication:
-        """See `Broker.publish`; `sequence` and `state` (execution id, retention, fields to
-        delete, fields to set): see `ExecutionStore.publish`."""
-        channel = publication.channel
-        message = encode_message(publication)
-        name = self.keys.pubsub(channel)
-        if publication.priority is Priority.EPHEMERAL:
-            command = "SPUBLISH" if self.cluster else "PUBLISH"
-            async with self._call():
-                await self.redis.execute_command(command, name, b"::" + message)
-            return publication
-        keys = [self.keys.meta(channel), self.keys.stream(channel)]
-        args: list[Any] = [
-            name,
-            message,
-            self._history_size,
-            self._history_ttl_ms,
-            self._stream_ttl_ms,
-            new_epoch(),
-            "1" if self.cluster else "0",
-        ]
-        if sequence or state is not None:
-            tail = b""
-            if sequence:
-                # the message is split where the offset goes: {"channel",...,"data":
-                # {"sequenceNumber":<offset>,...
-                slot = message.index(b'"data":' + SEQUENCE_SLOT) + len(SEQUENCE_SLOT) + 6
-                args[1], tail = message[:slot], message[slot + 1 :]
-            args += ["1" if sequence else "0", tail]
-            if state is not None:
-                execution_id, retention, delete, fields = state
-                keys.append(self.keys.execution(execution_id))
-                args += [_ms(retention), len(delete), *delete]
-                for field, value in fields:
-                    args += [field, value]
-        async with self._call():
-            offset, epoch = await self._publish_script(keys=keys, args=args)
-        if sequence:
-            publication = Publication(
-                publication.channel,
-                publication.type,
-                with_sequence(publication.data, int(offset)),
-                published_at=publication.published_at,
-            )
-        return publication.with_position(int(offset), _text(epoch))
-
-    async def position(self, channel: str) -> StreamPosition:
-        """See `Broker.position`."""
-        epoch, offset, _ = await self._run_recover(channel, "", 0, 0)
-        return StreamPosition(epoch, offset)
-
-    async def recover(self, channel: str, since: StreamPosition, limit: int) -> Recovery:
-        """See `Broker.recover`."""
-        epoch, top, messages = await self._run_recover(channel, since.epoch, since.offset, limit)
-        position = StreamPosition(epoch, top)
-        if messages is None:
-            return Recovery(position, [], False)
-        publications = [
-            _publication(message, since.offset + i, epoch) for i, message in enumerate(messages, 1)
-        ]
-        return Recovery(position, publications, True)
-
-    async def _run_recover(
-        self, channel: str, epoch: str, offset: int, limit: int
-    ) -> tuple[str, int, list[bytes] | None]:
-        async with self._call():
-            result = await self._recover_script(
-                keys=[self.keys.meta(channel), self.keys.stream(channel)],
-                args=[epoch, offset, limit, self._history_ttl_ms, self._stream_ttl_ms, new_epoch()],
-            )
-        recovered = int(result[2]) == 1
-        return _text(result[0]), int(result[1]), list(result[3:]) if recovered else None
 
 
 class RedisBroker(Broker):
@@ -626,7 +356,7 @@ class RedisBroker(Broker):
                     continue
                 kind = message["type"]
                 if kind in (b"message", "message", b"smessage", "smessage"):
-                    name = _text(message["channel"])
+                    name = to_text(message["channel"])
                     if name == self._rpc_name:
                         self._on_forwarded(message["data"])
                     elif name == self._inbox_name:
@@ -634,7 +364,7 @@ class RedisBroker(Broker):
                     else:
                         self._on_message(name, message["data"])
                 elif kind in (b"subscribe", "subscribe", b"ssubscribe", "ssubscribe"):
-                    state = self._channels.get(self.keys.channel_of(_text(message["channel"])))
+                    state = self._channels.get(self.keys.channel_of(to_text(message["channel"])))
                     if state is not None and not state.confirmed.done():
                         state.confirmed.set_result(None)
         except (RedisError, OSError) as exc:
@@ -661,7 +391,7 @@ class RedisBroker(Broker):
             }
         )
         try:
-            async with self.streams._call():
+            async with self.streams.call():
                 receivers = await self.streams.redis.execute_command(
                     "SPUBLISH" if self.cluster else "PUBLISH", self._rpc_name, request
                 )
@@ -700,7 +430,7 @@ class RedisBroker(Broker):
                     answer["absent"] = True
                 else:
                     answer["replies"] = [r.decode() for r in replies]
-            async with self.streams._call():
+            async with self.streams.call():
                 await self.streams.redis.execute_command(
                     "SPUBLISH" if self.cluster else "PUBLISH", request["replyTo"], _encode(answer)
                 )
@@ -757,7 +487,7 @@ class RedisBroker(Broker):
         offset_text, epoch_bytes, message = payload.split(b":", 2)
         if not offset_text:  # ephemeral
             if state.ready:
-                self._handler(_publication(message, None, None))
+                self._handler(decode_publication(message, None, None))
             return
         if not state.confirmed.done():  # a message can only follow the confirmation
             state.confirmed.set_result(None)
@@ -781,7 +511,7 @@ class RedisBroker(Broker):
             self._start_fill(channel, state)
             return
         state.offset = offset
-        self._handler(_publication(message, offset, epoch))
+        self._handler(decode_publication(message, offset, epoch))
 
     def _start_fill(self, channel: str, state: _Channel) -> None:
         state.filling = True
@@ -824,310 +554,3 @@ class RedisBroker(Broker):
             if state.filling:  # a new gap: the rest waits behind that fill
                 state.pending.extend(pending[index + 1 :])
                 return
-
-
-class _ScriptClient:
-    """A Redis connection and the Lua scripts a store runs on it (presence, locks)."""
-
-    #: Script name -> source, registered on `start`.
-    SCRIPTS: ClassVar[dict[str, str]] = {}
-
-    def __init__(self, url: str, *, prefix: str = "livepush", cluster: bool = False) -> None:
-        self.url = url
-        self.cluster = cluster
-        self.keys = Keys(prefix)
-        self._redis: Any = None
-        self._scripts: dict[str, Any] = {}
-        self._call = _Calls(cluster)
-
-    async def start(self) -> None:
-        """Connect and register the scripts."""
-        self._redis = connect(self.url, cluster=self.cluster)
-        self._scripts = {
-            name: self._redis.register_script(source) for name, source in self.SCRIPTS.items()
-        }
-
-    async def close(self) -> None:
-        """Disconnect."""
-        if self._redis is not None:
-            with contextlib.suppress(RedisError, OSError):
-                await self._redis.aclose()
-
-
-class RedisPresence(_ScriptClient, PresenceStore):
-    """Claims and channel presence in Redis keys with expiry."""
-
-    SCRIPTS: ClassVar[dict[str, str]] = {
-        "claim": CLAIM_LUA,
-        "release": RELEASE_LUA,
-        "members": MEMBERS_LUA,
-    }
-
-    async def claim(self, name: str, owner: str, ttl: float) -> bool:
-        """See `PresenceStore.claim`."""
-        async with self._call():
-            result = await self._scripts["claim"](
-                keys=[self.keys.claim(name)], args=[owner, _ms(ttl)]
-            )
-        return int(result) == 1
-
-    async def release(self, name: str, owner: str, ttl: float) -> None:
-        """See `PresenceStore.release`."""
-        async with self._call():
-            await self._scripts["release"](
-                keys=[self.keys.claim(name)], args=[owner, _ms(ttl) if ttl > 0 else 0]
-            )
-
-    async def join(self, channel: str, client_id: str, info: dict[str, Any], ttl: float) -> None:
-        """See `PresenceStore.join`."""
-        async with self._call():
-            await self._scripts["members"](
-                keys=list(self.keys.presence(channel)),
-                args=["join", client_id, _encode(info), _ms(ttl)],
-            )
-
-    async def leave(self, channel: str, client_id: str) -> None:
-        """See `PresenceStore.leave`."""
-        async with self._call():
-            await self._scripts["members"](
-                keys=list(self.keys.presence(channel)), args=["leave", client_id]
-            )
-
-    async def join_many(
-        self, entries: Sequence[tuple[str, str, dict[str, Any]]], ttl: float
-    ) -> None:
-        """Batched (see `_batch`)."""
-        await self._batch(
-            self._scripts["members"],
-            [
-                (list(self.keys.presence(c)), ["join", cid, _encode(info), _ms(ttl)])
-                for c, cid, info in entries
-            ],
-        )
-
-    async def leave_many(self, entries: Sequence[tuple[str, str]]) -> None:
-        """Batched (see `_batch`)."""
-        await self._batch(
-            self._scripts["members"],
-            [(list(self.keys.presence(c)), ["leave", cid]) for c, cid in entries],
-        )
-
-    async def claim_many(self, claims: Sequence[tuple[str, str]], ttl: float) -> None:
-        """Batched (see `_batch`)."""
-        await self._batch(
-            self._scripts["claim"],
-            [([self.keys.claim(name)], [owner, _ms(ttl)]) for name, owner in claims],
-        )
-
-    async def _batch(self, script: Any, calls: Sequence[tuple[list[str], list[Any]]]) -> None:
-        """Run many calls of a script: one pipeline (one round trip) per 1,000 on a plain
-        Redis; on a cluster (where redis-py does not pipeline scripts) concurrently, within
-        the cluster's command limit."""
-        if self.cluster:
-
-            async def one(keys: list[str], args: list[Any]) -> None:
-                async with self._call():
-                    await script(keys=keys, args=args)
-
-            await asyncio.gather(*(one(k, a) for k, a in calls))
-            return
-        for i in range(0, len(calls), 1000):
-            async with self._call():
-                pipe = self._redis.pipeline(transaction=False)
-                for keys, args in calls[i : i + 1000]:
-                    await script(keys=keys, args=args, client=pipe)
-                await pipe.execute()
-
-    async def members(self, channel: str) -> dict[str, dict[str, Any]]:
-        """See `PresenceStore.members`."""
-        async with self._call():
-            flat = await self._scripts["members"](
-                keys=list(self.keys.presence(channel)), args=["members"]
-            )
-        return {_text(flat[i]): msgspec.json.decode(flat[i + 1]) for i in range(0, len(flat), 2)}
-
-
-class _Calls:
-    """Around every Redis command: Redis errors become `EngineUnavailable`, and on a cluster
-    at most `CLUSTER_CONCURRENCY` commands run at once (redis-py's cluster client fails,
-    rather than waits, when a node's connections run out; the plain client's pool waits)."""
-
-    __slots__ = ("_limit",)
-
-    def __init__(self, cluster: bool) -> None:
-        self._limit = asyncio.Semaphore(CLUSTER_CONCURRENCY) if cluster else None
-
-    @contextlib.asynccontextmanager
-    async def __call__(self) -> AsyncIterator[None]:
-        try:
-            if self._limit is None:
-                yield
-            else:
-                async with self._limit:
-                    yield
-        except (RedisError, OSError) as exc:
-            raise EngineUnavailable(f"Redis: {exc}") from exc
-
-
-def _ms(seconds: float) -> int:
-    return max(1, int(seconds * 1000))
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-class RedisExecutions(ExecutionStore):
-    """Execution state in a hash and outputs in strings, in the execution channel's slot."""
-
-    def __init__(self, streams: RedisStreams) -> None:
-        self._streams = streams
-        self._own = False
-
-    @classmethod
-    def connect(cls, url: str, **settings: Any) -> RedisExecutions:
-        """A store with its own connection (for publishers outside a node)."""
-        store = cls(RedisStreams(url, **settings))
-        store._own = True
-        return store
-
-    async def start(self) -> None:
-        """See `ExecutionStore.start`."""
-        if self._own:
-            await self._streams.start()
-
-    async def close(self) -> None:
-        """See `ExecutionStore.close`."""
-        if self._own:
-            await self._streams.close()
-
-    async def publish(
-        self,
-        publication: Publication,
-        execution_id: str,
-        fields: Sequence[tuple[str, bytes]],
-        delete: Sequence[str] = (),
-        *,
-        sequence: bool = False,
-        retention: float,
-    ) -> Publication:
-        """See `ExecutionStore.publish`."""
-        state = (execution_id, retention, delete, fields) if fields or delete else None
-        return await self._streams.publish(publication, sequence=sequence, state=state)
-
-    async def state(self, execution_id: str) -> ExecutionState | None:
-        """See `ExecutionStore.state`."""
-        streams = self._streams
-        async with streams._call():
-            raw = await streams.redis.hgetall(streams.keys.execution(execution_id))
-        if not raw:
-            return None
-        fields = {_text(k): bytes(v) for k, v in raw.items()}
-        epoch, offset = fields.pop("e", b"").decode(), int(fields.pop("o", b"0"))
-        return ExecutionState(fields, StreamPosition(epoch, offset))
-
-    async def fields(self, execution_id: str, names: Sequence[str]) -> dict[str, bytes]:
-        """See `ExecutionStore.fields`."""
-        streams = self._streams
-        async with streams._call():
-            values = await streams.redis.hmget(streams.keys.execution(execution_id), list(names))
-        return {n: bytes(v) for n, v in zip(names, values, strict=True) if v is not None}
-
-    async def put_output(self, execution_id: str, name: str, data: bytes, ttl: float) -> None:
-        """See `ExecutionStore.put_output`."""
-        streams = self._streams
-        async with streams._call():
-            await streams.redis.set(streams.keys.output(execution_id, name), data, px=_ms(ttl))
-
-    async def output_size(self, execution_id: str, name: str) -> int | None:
-        """See `ExecutionStore.output_size`."""
-        streams = self._streams
-        key = streams.keys.output(execution_id, name)
-        async with streams._call():
-            size, exists = await asyncio.gather(
-                streams.redis.strlen(key), streams.redis.exists(key)
-            )
-        return int(size) if exists else None
-
-    async def read_output(self, execution_id: str, name: str, start: int, end: int) -> bytes:
-        """See `ExecutionStore.read_output`."""
-        if end <= start:
-            return b""
-        streams = self._streams
-        async with streams._call():
-            data = await streams.redis.getrange(
-                streams.keys.output(execution_id, name), start, end - 1
-            )
-        return bytes(data)
-
-
-class RedisLocks(_ScriptClient, LockStore):
-    """Locks in Redis hashes with expiry, granted by one script (atomic across nodes)."""
-
-    SCRIPTS: ClassVar[dict[str, str]] = {"lock": LOCK_LUA, "unlock": UNLOCK_LUA}
-
-    async def acquire(
-        self, name: str, holder: str, owner: str, ttl: float, *, takeover: bool = False
-    ) -> tuple[bool, LockGrant]:
-        """See `LockStore.acquire`."""
-        async with self._call():
-            granted, who, whose, token, remaining = await self._scripts["lock"](
-                keys=list(self.keys.lock(name)),
-                args=[holder, owner, _ms(ttl), "1" if takeover else "0"],
-            )
-        grant = LockGrant(name, _text(who), _text(whose), int(token), int(remaining) / 1000)
-        return int(granted) == 1, grant
-
-    async def _run_unlock(self, name: str, holder: str, token: int, action: str) -> bool:
-        async with self._call():
-            done = await self._scripts["unlock"](
-                keys=[self.keys.lock(name)[0]], args=[holder, str(token), action]
-            )
-        return int(done) == 1
-
-    async def release(self, name: str, holder: str, token: int) -> bool:
-        """See `LockStore.release`."""
-        return await self._run_unlock(name, holder, token, "release")
-
-    async def check(self, name: str, token: int) -> bool:
-        """See `LockStore.check`."""
-        return await self._run_unlock(name, "", token, "check")
-
-    async def holder(self, name: str) -> LockGrant | None:
-        """See `LockStore.holder`."""
-        key = self.keys.lock(name)[0]
-        async with self._call():
-            fields, remaining = await asyncio.gather(
-                self._redis.hmget(key, ["h", "o", "t"]), self._redis.pttl(key)
-            )
-        if fields[0] is None or int(remaining) < 0:
-            return None
-        return LockGrant(
-            name, _text(fields[0]), _text(fields[1]), int(fields[2]), int(remaining) / 1000
-        )
-
-
-def redis_engine(
-    url: str,
-    *,
-    history_size: int = 1000,
-    history_ttl: float = 300.0,
-    stream_ttl: float = 3600.0,
-    prefix: str = "livepush",
-    cluster: bool = False,
-) -> Engine:
-    """The cluster engine."""
-    broker = RedisBroker(
-        url,
-        history_size=history_size,
-        history_ttl=history_ttl,
-        stream_ttl=stream_ttl,
-        prefix=prefix,
-        cluster=cluster,
-    )
-    return Engine(
-        broker,
-        RedisPresence(url, prefix=prefix, cluster=cluster),
-        RedisExecutions(broker.streams),
-        RedisLocks(url, prefix=prefix, cluster=cluster),
-    )

@@ -1,4 +1,5 @@
-"""CRDT documents in SQLite (the embedded engine's store): one file, stdlib `sqlite3`.
+"""CRDT documents in SQLite (the memory engine's documents, on disk): one file, stdlib
+`sqlite3`.
 
 Every statement runs on one thread of the store's own, fed by a queue, so the event loop never
 waits on the disk. Appends that are waiting together are written in one transaction and one
@@ -21,7 +22,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from livepush.collab.crdt.store import (
+from livepush.engines.base import EngineUnavailable
+from livepush.engines.documents import (
     DocumentStats,
     DocumentStore,
     DocumentTooLarge,
@@ -29,9 +31,11 @@ from livepush.collab.crdt.store import (
     StoreSettings,
     squash,
 )
-from livepush.engines.base import EngineUnavailable
 
 log = logging.getLogger(__name__)
+
+#: The file of the documents unless told otherwise (relative to the working directory).
+DEFAULT_PATH = "livepush-crdt.sqlite3"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS crdt_documents (

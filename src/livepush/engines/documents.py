@@ -1,5 +1,6 @@
-"""Where CRDT documents live: the contract both stores implement (`store_sqlite.py` for a
-single node, `store_redis.py` for clusters), and the compaction they share.
+"""Where CRDT documents live: the document store contract, an engine part like the others of
+`base.py` (`sqlite.py` implements it for the memory engine, `redis/documents.py` for the Redis
+engine), and the compaction both stores share.
 
 A document is a snapshot (absent until the first compaction) and the updates stored after it,
 in order. `append` stores an update durably before it returns; the room applies it and passes it

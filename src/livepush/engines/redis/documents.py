@@ -7,7 +7,8 @@ Keys of a document `<doc>` share the hash tag `{<doc>}` (one Redis Cluster slot)
   update id, `b` bytes stored (snapshot and updates), `n` updates, `ub` their bytes;
 - `<prefix>:y:{<doc>}`: pub/sub channel of the nodes that have the document open:
   `u <previous id> <id> <update>` (sent by `lua/append.lua` in the step that stores it),
-  `a <node> <awareness>` and `q <node>` (awareness, never stored; see `room.py`).
+  `a <node> <awareness>` and `q <node>` (awareness, never stored; see
+  `livepush.collab.crdt.room`).
 
 Each node remembers, per open document, the newest update id it has (its cursor). An update
 whose previous id is the cursor is applied at once; any other is a gap (a pub/sub message lost,
@@ -26,13 +27,13 @@ import logging
 import random
 import secrets
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any, ClassVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from livepush.collab.crdt.store import (
+from livepush.engines.base import EngineUnavailable
+from livepush.engines.documents import (
     DocumentStats,
     DocumentStore,
     DocumentTooLarge,
@@ -40,17 +41,12 @@ from livepush.collab.crdt.store import (
     StoreSettings,
     squash,
 )
-from livepush.engines.base import EngineUnavailable
-from livepush.engines.redis import _ScriptClient
+from livepush.engines.redis.client import ScriptClient, load_script, to_text
 
 log = logging.getLogger(__name__)
 
 #: Seconds between the checks that no update was missed.
 RESYNC_INTERVAL = 5.0
-
-
-def _script(name: str) -> str:
-    return resources.files("livepush.collab.crdt").joinpath("lua", name).read_text()
 
 
 def _id(text: str) -> tuple[int, int]:
@@ -85,14 +81,14 @@ class _Read:
     updates: list[tuple[str, bytes]]
 
 
-class RedisDocumentStore(_ScriptClient, DocumentStore):
+class RedisDocumentStore(ScriptClient, DocumentStore):
     """Documents in Redis, shared by every node of the cluster."""
 
     remote: ClassVar[bool] = True
     SCRIPTS: ClassVar[dict[str, str]] = {
-        "append": _script("append.lua"),
-        "read": _script("read.lua"),
-        "compact": _script("compact.lua"),
+        "append": load_script("append.lua"),
+        "read": load_script("read.lua"),
+        "compact": load_script("compact.lua"),
     }
 
     def __init__(
@@ -103,7 +99,7 @@ class RedisDocumentStore(_ScriptClient, DocumentStore):
         prefix: str = "livepush",
         cluster: bool = False,
     ) -> None:
-        _ScriptClient.__init__(self, url, prefix=prefix, cluster=cluster)
+        ScriptClient.__init__(self, url, prefix=prefix, cluster=cluster)
         DocumentStore.__init__(self, settings)
         #: Identifies this node's own awareness messages on the pub/sub channels.
         self.node_id = secrets.token_hex(6)
@@ -134,7 +130,7 @@ class RedisDocumentStore(_ScriptClient, DocumentStore):
 
     async def start(self) -> None:
         """Connect the command side (the pub/sub side opens with the first document)."""
-        await _ScriptClient.start(self)
+        await ScriptClient.start(self)
         self._resync = asyncio.get_running_loop().create_task(self._check_periodically())
 
     async def close(self) -> None:
@@ -148,7 +144,7 @@ class RedisDocumentStore(_ScriptClient, DocumentStore):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self._close_subscriber()
-        await _ScriptClient.close(self)
+        await ScriptClient.close(self)
 
     # -- documents ---------------------------------------------------------------------------
 
@@ -177,13 +173,13 @@ class RedisDocumentStore(_ScriptClient, DocumentStore):
     async def append(self, doc_id: str, update: bytes) -> int:
         """See `DocumentStore.append`: one script stores and announces the update."""
         limit = self.settings.max_doc_bytes
-        async with self._call():
+        async with self.call():
             result = await self._scripts["append"](
                 keys=self._keys(doc_id), args=[update, limit, self._channel(doc_id)]
             )
         if int(result[0]) == 0:
             raise DocumentTooLarge(int(result[1]), limit)
-        update_id, previous = _text(result[1]), _text(result[2])
+        update_id, previous = to_text(result[1]), to_text(result[2])
         size, updates, update_bytes = int(result[3]), int(result[4]), int(result[5])
         state = self._docs.get(doc_id)
         if state is not None:
@@ -203,7 +199,7 @@ class RedisDocumentStore(_ScriptClient, DocumentStore):
         parts = ([read.snapshot] if read.snapshot else []) + [u for _, u in read.updates]
         snapshot = await asyncio.to_thread(squash, parts)
         merged_bytes = sum(len(u) for _, u in read.updates)
-        async with self._call():
+        async with self.call():
             done = await self._scripts["compact"](
                 keys=self._keys(doc_id),
                 args=[snapshot, read.updates[-1][0], read.merged, merged_bytes],
@@ -216,9 +212,9 @@ class RedisDocumentStore(_ScriptClient, DocumentStore):
     async def stats(self, doc_id: str) -> DocumentStats:
         """See `DocumentStore.stats`."""
         meta = self._keys(doc_id)[1]
-        async with self._call():
-            size, updates = await self._redis.hmget(meta, ["b", "n"])
-            snapshot = await self._redis.hstrlen(meta, "s")
+        async with self.call():
+            size, updates = await self.redis.hmget(meta, ["b", "n"])
+            snapshot = await self.redis.hstrlen(meta, "s")
         return DocumentStats(int(size or 0), int(updates or 0), int(snapshot or 0))
 
     async def publish_awareness(self, doc_id: str, payload: bytes) -> None:
@@ -230,14 +226,14 @@ class RedisDocumentStore(_ScriptClient, DocumentStore):
         await self._publish(doc_id, b"q " + self.node_id.encode())
 
     async def _publish(self, doc_id: str, message: bytes) -> None:
-        async with self._call():
-            await self._redis.publish(self._channel(doc_id), message)
+        async with self.call():
+            await self.redis.publish(self._channel(doc_id), message)
 
     async def _read(self, doc_id: str, after: str) -> _Read:
-        async with self._call():
+        async with self.call():
             result = await self._scripts["read"](keys=self._keys(doc_id), args=[after])
-        updates = [(_text(result[i]), bytes(result[i + 1])) for i in range(3, len(result), 2)]
-        return _Read(bytes(result[0] or b""), _text(result[1]), _text(result[2]), updates)
+        updates = [(to_text(result[i]), bytes(result[i + 1])) for i in range(3, len(result), 2)]
+        return _Read(bytes(result[0] or b""), to_text(result[1]), to_text(result[2]), updates)
 
     def _compact_later(self, doc_id: str) -> None:
         if doc_id in self._compacting:
@@ -323,11 +319,11 @@ class RedisDocumentStore(_ScriptClient, DocumentStore):
 
     async def _check(self, doc_id: str, state: _Followed) -> None:
         try:
-            async with self._call():
-                newest = await self._redis.hget(self._keys(doc_id)[1], "l")
+            async with self.call():
+                newest = await self.redis.hget(self._keys(doc_id)[1], "l")
         except EngineUnavailable:
             return
-        if newest and state.cursor and _id(_text(newest)) > _id(state.cursor):
+        if newest and state.cursor and _id(to_text(newest)) > _id(state.cursor):
             self._fill(doc_id, state)
 
     # -- pub/sub -----------------------------------------------------------------------------
@@ -352,7 +348,7 @@ class RedisDocumentStore(_ScriptClient, DocumentStore):
         confirmed = self._confirmations[name] = asyncio.get_running_loop().create_future()
         try:
             try:
-                async with self._call():
+                async with self.call():
                     pubsub = await self._ensure_subscriber()
                     await pubsub.subscribe(name)
                 async with asyncio.timeout(10):
@@ -366,7 +362,7 @@ class RedisDocumentStore(_ScriptClient, DocumentStore):
 
     async def _unsubscribe(self, doc_id: str) -> None:
         if self._pubsub is not None:
-            async with self._call():
+            async with self.call():
                 await self._pubsub.unsubscribe(self._channel(doc_id))
 
     async def _read_messages(self, pubsub: Any) -> None:
@@ -375,8 +371,8 @@ class RedisDocumentStore(_ScriptClient, DocumentStore):
                 message = await pubsub.get_message(ignore_subscribe_messages=False, timeout=1.0)
                 if message is None:
                     continue
-                kind = _text(message["type"])
-                name = _text(message["channel"])
+                kind = to_text(message["type"])
+                name = to_text(message["channel"])
                 if kind == "message":
                     self._on_message(self._doc_of(name), message["data"])
                 elif kind == "subscribe":
@@ -438,9 +434,3 @@ class RedisDocumentStore(_ScriptClient, DocumentStore):
         if client is not None:
             with contextlib.suppress(RedisError, OSError):
                 await client.aclose()
-
-
-def _text(value: bytes | str | None) -> str:
-    if value is None:
-        return ""
-    return value.decode() if isinstance(value, bytes) else value

@@ -1,4 +1,4 @@
--- livepush: store one update of a CRDT document (collab/crdt/store_redis.py).
+-- livepush: store one update of a CRDT document (engines/redis/documents.py).
 --
 -- KEYS[1]  the document's updates  <prefix>:y:{<doc>}:u  (stream; field d: one Yjs update)
 -- KEYS[2]  the document's meta     <prefix>:y:{<doc>}:m  (hash: b bytes stored, snapshot and

@@ -1,4 +1,4 @@
--- livepush: read a CRDT document, or what a node misses of it (collab/crdt/store_redis.py).
+-- livepush: read a CRDT document, or what a node misses of it (engines/redis/documents.py).
 --
 -- KEYS[1]  the document's updates  <prefix>:y:{<doc>}:u
 -- KEYS[2]  the document's meta     <prefix>:y:{<doc>}:m

@@ -15,6 +15,7 @@ $(NODE_DEPS): tests/interop/node/package.json tests/interop/node/package-lock.js
 lint:
 	$(PYTHON) -m ruff check src tests bench
 	$(PYTHON) -m ruff format --check src tests bench
+	$(PYTHON) -c "from importlinter.cli import lint_imports_command; lint_imports_command()"
 
 typecheck:
 	$(PYTHON) -m mypy

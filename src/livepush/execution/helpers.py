@@ -1,6 +1,6 @@
 """Publishing an execution's progress from Python: n8n's events, built right.
 
-    execution = Execution(node_or_publisher, "1042", "wf-7", push_ref="k3j4h5", total_nodes=3)
+    execution = Execution(sink, "1042", "wf-7", push_ref="k3j4h5", total_nodes=3)
     await execution.started(workflow_name="Sync CRM")
     await execution.node_before("Webhook")
     await execution.node_after("Webhook", output={"main": [[{"json": {"id": 1}}]]})

@@ -13,10 +13,14 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from livepush.protocol.decoding import JsonDecoder
 from livepush.protocol.errors import ErrorCode, ProtocolError
 from livepush.responses import error_response, json_error
 
 log = logging.getLogger(__name__)
+
+#: Host bodies keep their values as raw bytes: the recursion guard, no depth scan.
+_decode_head: JsonDecoder[Any] = JsonDecoder(max_depth=None)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -64,12 +68,12 @@ def api_key_bytes(api_key: str | None) -> bytes | None:
 
 
 def decode_one_or_batch(
-    body: bytes, batch_key: str, one: msgspec.json.Decoder[Any], batch: msgspec.json.Decoder[Any]
+    body: bytes, batch_key: str, one: JsonDecoder[Any], batch: JsonDecoder[Any]
 ) -> tuple[list[Any], bool]:
     """A request body holding one item, or `{batch_key: [items]}`: (items, whether a batch).
     Bad JSON is `invalid_json`; a wrong shape `bad_request` with msgspec's path."""
     try:
-        head: Any = msgspec.json.decode(body)
+        head: Any = _decode_head.decode(body)
     except msgspec.DecodeError as exc:
         raise ProtocolError(ErrorCode.INVALID_JSON, f"body is not valid JSON: {exc}") from exc
     if not isinstance(head, dict):

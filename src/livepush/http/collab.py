@@ -19,6 +19,7 @@ from livepush.collab.locks import check_lock, describe_lock
 from livepush.collab.save import check_fencing, resolve_save
 from livepush.http.api import api_key_bytes, with_api_key
 from livepush.protocol.channels import parse_channel
+from livepush.protocol.decoding import JsonDecoder
 from livepush.protocol.errors import ErrorCode
 from livepush.responses import json_error, json_response
 
@@ -43,6 +44,10 @@ class LockCheck(msgspec.Struct):
     token: int
 
 
+_decode_lock_check: JsonDecoder[LockCheck] = JsonDecoder(LockCheck, max_depth=None)
+_decode_save_resolve: JsonDecoder[SaveResolve] = JsonDecoder(SaveResolve, max_depth=None)
+
+
 def add_collab_routes(
     app: web.Application, collaboration: Collaboration, api_key: str | None
 ) -> None:
@@ -59,7 +64,7 @@ def add_collab_routes(
     @checked
     async def lock_check(request: web.Request) -> web.Response:
         try:
-            body = msgspec.json.decode(await request.read(), type=LockCheck)
+            body = _decode_lock_check.decode(await request.read())
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             return json_error(400, ErrorCode.BAD_REQUEST, f"expected {{lock, token}}: {exc}")
         valid = await check_lock(locks, body.lock, body.token)
@@ -69,7 +74,7 @@ def add_collab_routes(
     @checked
     async def save_resolve(request: web.Request) -> web.Response:
         try:
-            body = msgspec.json.decode(await request.read(), type=SaveResolve)
+            body = _decode_save_resolve.decode(await request.read())
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             return json_error(400, ErrorCode.BAD_REQUEST, f"invalid save request: {exc}")
         if (body.lock is None) != (body.token is None):

@@ -24,6 +24,7 @@ from livepush.http.api import (
     presents_api_key,
     shielded,
 )
+from livepush.protocol.decoding import JsonDecoder
 from livepush.protocol.errors import ErrorCode, ProtocolError
 from livepush.requests import HandshakeSettings, authenticate, query_params
 from livepush.responses import error_response, json_error, json_response
@@ -54,8 +55,8 @@ class _Position(msgspec.Struct):
     epoch: str | None
 
 
-_decode_one = msgspec.json.Decoder(ExecutionEvent)
-_decode_many = msgspec.json.Decoder(ExecutionEvents)
+_decode_one: JsonDecoder[ExecutionEvent] = JsonDecoder(ExecutionEvent, max_depth=None)
+_decode_many: JsonDecoder[ExecutionEvents] = JsonDecoder(ExecutionEvents, max_depth=None)
 
 
 def _parse(body: bytes) -> tuple[list[ExecutionEvent], bool]:

@@ -18,6 +18,7 @@ from livepush.core.node import Node
 from livepush.engines.base import EngineUnavailable
 from livepush.http.api import api_key_bytes, check_api_key, decode_one_or_batch, shielded
 from livepush.protocol.channels import SYSTEM, is_valid_user_id, push_channel, user_channel
+from livepush.protocol.decoding import JsonDecoder
 from livepush.protocol.envelope import Priority, Publication
 from livepush.protocol.errors import ErrorCode, ProtocolError
 from livepush.responses import json_error, json_response
@@ -64,8 +65,8 @@ class PublishBatchResult(msgspec.Struct):
     messages: list[PublishResult]
 
 
-_decode_single = msgspec.json.Decoder(PublishMessage)
-_decode_batch = msgspec.json.Decoder(PublishBatch)
+_decode_single: JsonDecoder[PublishMessage] = JsonDecoder(PublishMessage, max_depth=None)
+_decode_batch: JsonDecoder[PublishBatch] = JsonDecoder(PublishBatch, max_depth=None)
 
 
 def targets(message: PublishMessage) -> list[str]:

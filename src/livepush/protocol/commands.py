@@ -13,6 +13,7 @@ from typing import Annotated, Any, Final
 
 import msgspec
 
+from livepush.protocol.decoding import JsonDecoder
 from livepush.protocol.errors import ErrorCode, ProtocolError
 
 RequestId = int | Annotated[str, msgspec.Meta(max_length=64)]
@@ -162,7 +163,7 @@ COMMANDS: Final[dict[str, type[Command]]] = {
     "nodeLockReleased": NodeLockReleased,
 }
 
-_decode_any = msgspec.json.Decoder()
+_decode_any: JsonDecoder[Any] = JsonDecoder()
 
 
 def request_id_of(obj: object) -> RequestId | None:
@@ -180,7 +181,7 @@ class _IdOnly(msgspec.Struct):
     id: Any = None
 
 
-_decode_id = msgspec.json.Decoder(_IdOnly).decode
+_decode_id = JsonDecoder[_IdOnly](_IdOnly).decode
 
 
 def peek_request_id(raw: str | bytes) -> RequestId | None:

@@ -30,6 +30,7 @@ from pycrdt import (
     write_var_uint,
 )
 
+from livepush.protocol.decoding import decode
 from livepush.protocol.errors import ErrorCode, ProtocolError
 
 MESSAGE_SYNC = int(YMessageType.SYNC)
@@ -171,7 +172,7 @@ def decode_awareness(payload: bytes) -> list[AwarenessEntry]:
         raw = _read_bytes(decoder)
         try:
             state = raw.decode()
-            msgspec.json.decode(raw)
+            decode(raw)
         except (UnicodeDecodeError, msgspec.DecodeError) as exc:
             raise MalformedMessage(f"awareness state of client {client_id} is not JSON") from exc
         entries.append(AwarenessEntry(client_id, clock, state))

@@ -18,6 +18,7 @@ from typing import Final, Literal
 import msgspec
 from msgspec import UNSET, Raw, UnsetType
 
+from livepush.protocol.decoding import JsonDecoder
 from livepush.protocol.errors import ErrorCode, ProtocolError
 
 #: `n8n-workflow` ExecutionStatus.
@@ -176,7 +177,9 @@ SUBWORKFLOW_EVENTS: Final = frozenset(
 #: Events that carry n8n's per-execution `sequenceNumber`.
 SEQUENCED_EVENTS: Final = frozenset({"nodeExecuteBefore", "nodeExecuteAfter"})
 
-_DECODERS: Final = {name: msgspec.json.Decoder(shape) for name, shape in EXECUTION_EVENTS.items()}
+_DECODERS: Final[dict[str, JsonDecoder[_Payload]]] = {
+    name: JsonDecoder(shape, max_depth=None) for name, shape in EXECUTION_EVENTS.items()
+}
 
 
 def validate_event(message_type: str, data: bytes) -> _Payload | None:
@@ -191,3 +194,5 @@ def validate_event(message_type: str, data: bytes) -> _Payload | None:
         raise ProtocolError(
             ErrorCode.INVALID_MESSAGE, f"{message_type} does not have n8n's shape: {exc}"
         ) from exc
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(ErrorCode.INVALID_JSON, f"{message_type}: {exc}") from exc

@@ -14,6 +14,7 @@ from aiohttp import hdrs, web
 
 from livepush.core.node import Node
 from livepush.engines.base import EngineUnavailable
+from livepush.protocol.decoding import decode
 from livepush.protocol.errors import CloseCode, ErrorCode, ProtocolError
 from livepush.requests import HandshakeSettings, authenticate, check_request_origin, query_params
 from livepush.responses import error_response, json_error
@@ -116,7 +117,7 @@ def _split_commands(body: bytes) -> list[bytes]:
     """A POST body holds one command object or an array of them; each is decoded alone so
     one bad command gets its own error and the others still run."""
     try:
-        parsed = msgspec.json.decode(body)
+        parsed = decode(body)
     except msgspec.DecodeError as exc:
         raise ProtocolError(ErrorCode.INVALID_JSON, f"body is not valid JSON: {exc}") from exc
     items = parsed if isinstance(parsed, list) else [parsed]

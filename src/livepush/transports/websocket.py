@@ -14,6 +14,13 @@ and its session, nothing else: no task, no coroutine frame, no reader queue, no 
   `max_message_bytes`, text checked to be UTF-8). Messages go to an inbox handled by a task
   that exists only while there is something to handle, in order; a client that sends faster
   than its commands are handled has its socket's reading paused.
+- Bounds on what a peer can make the server hold or write: every fragment costs
+  `FRAGMENT_COST` bytes of the message limit on top of its payload (what holding it costs),
+  so a message that never ends is cut at the limit, not after millions of empty fragments;
+  pings and pongs spend the connection's message rate (a flood is cut with 4029); and a pong
+  is written only while the peer reads: while the socket is over its high-water mark only
+  the newest ping is answered, once it drains (RFC 6455 section 5.5.3 allows answering only
+  the most recent ping), so a peer that pings and never reads holds one pong, not gigabytes.
 - Closing: a server-initiated close sends the close frame after everything written so far and
   waits (at most `CLOSE_TIMEOUT`) for the client's close frame, then closes the socket; a
   client's close frame is echoed. Protocol violations close with 1002, invalid UTF-8 with
@@ -35,6 +42,7 @@ from typing import cast
 from aiohttp import hdrs, web
 
 from livepush.core.node import Node
+from livepush.core.ratelimit import RateDecision
 from livepush.core.session import GONE, PAUSED, SENT, Session
 from livepush.protocol.envelope import Publication, StreamPosition, error_message
 from livepush.protocol.errors import CloseCode, ErrorCode, ProtocolError
@@ -63,6 +71,10 @@ _OPEN, _CLOSING, _CLOSED = 0, 1, 2
 _VALID_CLOSE_CODES = frozenset((1000, 1001, 1002, 1003, *range(1007, 1015))) | frozenset(
     range(3000, 5000)
 )
+
+#: What holding one fragment of a message costs, counted against `max_message_bytes` on top
+#: of its payload (the list slot, the bytes object, the frame's handling).
+FRAGMENT_COST = 64
 
 #: Tasks finishing closed connections (kept referenced until done).
 _finishing: set[asyncio.Task[None]] = set()
@@ -153,6 +165,7 @@ class WebSocketConnection(asyncio.Protocol):
         "_node",
         "_paused",
         "_peer_close_code",
+        "_pending_pong",
         "_reading_paused",
         "_socket",
         "_state",
@@ -180,6 +193,8 @@ class WebSocketConnection(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._close_timer: asyncio.TimerHandle | None = None
         self._peer_close_code: int | None = None
+        #: The payload of the newest ping not answered yet (the peer is not reading).
+        self._pending_pong: bytes | None = None
         #: A ping was sent and nothing has come back from the peer since.
         self.awaiting_pong = False
 
@@ -283,6 +298,9 @@ class WebSocketConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._paused = False
+        pong, self._pending_pong = self._pending_pong, None
+        if pong is not None and self._state == _OPEN:
+            self.write(_frame(_OP_PONG, pong))
         waiter, self._drain_waiter = self._drain_waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -368,8 +386,11 @@ class WebSocketConnection(asyncio.Protocol):
         if opcode & 0x8:
             if opcode == _OP_CLOSE:
                 self._on_close_frame(payload)
-            elif opcode == _OP_PING and self._state == _OPEN:
-                self.write(_frame(_OP_PONG, payload))
+            elif self._state == _OPEN and self._control_allowed() and opcode == _OP_PING:
+                if self._paused:  # not reading: answer the newest ping once it drains
+                    self._pending_pong = payload
+                else:
+                    self.write(_frame(_OP_PONG, payload))
             return
         if self._state != _OPEN:
             return  # closing: only the client's close frame matters now
@@ -377,9 +398,12 @@ class WebSocketConnection(asyncio.Protocol):
         if opcode == _OP_CONTINUATION:
             if fragments is None:
                 return self._fail(CloseCode.PROTOCOL_ERROR, "continuation of no message")
-            fragments.append(payload)
+            self._fragment_size += len(payload) + FRAGMENT_COST
+            if self._fragment_size > self._max_message:
+                return self._too_big()
+            if payload:
+                fragments.append(payload)
             if not final:
-                self._fragment_size += len(payload)
                 return
             opcode = self._fragment_opcode
             payload = b"".join(fragments)
@@ -390,7 +414,7 @@ class WebSocketConnection(asyncio.Protocol):
         elif not final:
             self._fragments = [payload]
             self._fragment_opcode = opcode
-            self._fragment_size = len(payload)
+            self._fragment_size = len(payload) + FRAGMENT_COST
             return
         if opcode == _OP_TEXT:
             try:
@@ -400,6 +424,22 @@ class WebSocketConnection(asyncio.Protocol):
             self._deliver(text)
         else:
             self._deliver(payload)
+
+    def _control_allowed(self) -> bool:
+        """Spend the connection's message rate on a ping or pong: False when over it (a ping
+        is then not answered); a flood far over it closes the connection with 4029."""
+        session = self.session
+        if session is None:
+            return True  # still opening: a pong is all it can cost, and pongs are bounded
+        decision = session.rate.take()
+        if decision is RateDecision.ALLOW:
+            return True
+        metrics = self._node.metrics
+        metrics.received("rate_limited", 0)
+        if decision is RateDecision.ABUSIVE:
+            metrics.errors.labels(ErrorCode.RATE_LIMITED.value).inc()
+            session.close(CloseCode.RATE_LIMITED, "ping rate limit exceeded", flush=False)
+        return False
 
     def _on_close_frame(self, payload: bytes) -> None:
         socket = self._socket

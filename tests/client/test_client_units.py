@@ -6,7 +6,12 @@ from __future__ import annotations
 import pytest
 
 from livepush.client import Position, SseParser, format_positions, parse_positions
+from livepush.client.channels import Channels
+from livepush.client.inbound import Inbound
+from livepush.client.listeners import Listeners
 from livepush.client.positions import ChannelTracker, Verdict
+from livepush.client.queue import CommandQueue
+from livepush.client.transports import Frame
 from livepush.protocol.resume import parse_positions as server_parse_positions
 
 STREAM = (
@@ -120,3 +125,19 @@ def test_resume_positions_match_the_server_format(positions: dict[str, Position]
     parsed = server_parse_positions(text)
     assert {channel: (p.epoch, p.offset) for channel, p in parsed.items()} == positions
     assert parse_positions(text) == positions
+
+
+async def test_a_malformed_sse_id_is_ignored() -> None:
+    channels = Channels(["workflow:1"])
+    inbound = Inbound(
+        channels,
+        CommandQueue(10),
+        Listeners(),
+        max_output_bytes=1024,
+        on_token=lambda token: None,
+        on_token_expiring=lambda: None,
+    )
+    await inbound.handle(Frame(mark="workflow:1|e1|3,workflow:2|e1|not-an-offset"))
+    assert channels.tracker.get("workflow:1") is None
+    await inbound.handle(Frame(mark="workflow:1|e1|3"))
+    assert channels.tracker.get("workflow:1") == Position("e1", 3)

@@ -8,6 +8,7 @@ import pytest
 
 from livepush.protocol.catalogue import KNOWN_TYPES, metric_label
 from livepush.protocol.envelope import (
+    CONTROL_TYPES,
     RESERVED_TYPES,
     Priority,
     Publication,
@@ -193,3 +194,10 @@ def test_metric_label_bounds_cardinality_to_known_types() -> None:
     assert metric_label("reply") == "reply"
     assert metric_label("somethingCustom") == "other"
     assert RESERVED_TYPES <= KNOWN_TYPES
+
+
+def test_control_types_are_reserved_and_feature_types_are_not_control() -> None:
+    assert CONTROL_TYPES <= RESERVED_TYPES
+    assert {"reply", "error", "connected", "executionOutputChunk"} <= CONTROL_TYPES
+    # publications a client delivers to channel listeners, though only the server sends them
+    assert not {"executionStream", "executionOutput", "nodeLocked"} & CONTROL_TYPES

@@ -3,20 +3,14 @@ backoff across several URLs, exact resume of every channel (each publication del
 in order), a bounded queue of commands while disconnected, transparent reassembly of large
 node outputs sent in chunks, execution snapshots.
 
+The wire contract (resume positions, the envelope's types, close and error codes) is
+`livepush.protocol`'s; the client imports nothing else of livepush.
+
 Usage and guarantees: docs/client.md.
 """
 
 from livepush.client.backoff import Backoff, backoff_ceiling, full_jitter
-from livepush.client.core import (
-    DEFAULT_IDEMPOTENT,
-    Client,
-    ClientStats,
-    ConnectionState,
-    Message,
-    StateChange,
-    TokenSource,
-    random_push_ref,
-)
+from livepush.client.core import Client, TokenSource, random_push_ref
 from livepush.client.errors import (
     ClientClosed,
     ClientError,
@@ -28,14 +22,17 @@ from livepush.client.errors import (
     OutputFetchError,
     QueueFull,
 )
+from livepush.client.messages import ClientStats, ConnectionState, Message, StateChange
 from livepush.client.outputs import (
     DEFAULT_MAX_OUTPUT_BYTES,
     OUTPUT_DATA_TYPE,
     OUTPUT_ERROR_TYPE,
     OutputAssembler,
 )
-from livepush.client.positions import Position, format_positions, parse_positions
+from livepush.client.positions import Position
+from livepush.client.queue import DEFAULT_IDEMPOTENT
 from livepush.client.sse import SseEvent, SseParser
+from livepush.protocol.resume import format_positions, parse_positions
 
 __all__ = [
     "DEFAULT_IDEMPOTENT",

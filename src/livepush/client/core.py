@@ -5,6 +5,11 @@ sender task writes queued commands), and on any failure reconnects with jittered
 backoff to the next URL, resuming every channel from the last delivered position. Listeners
 run in a dispatcher task, in the order the events happened, so a listener may itself await a
 command without blocking the reading of its reply.
+
+The parts it is made of: `Channels` (which channels, and where each stands), `CommandQueue`
+(what waits to be sent, and for its reply), `Inbound` (what the server sends, routed),
+`Listeners` (the application's callbacks, and the task that calls them), `Rooms` (the
+collaboration rooms to join again).
 """
 
 from __future__ import annotations
@@ -12,216 +17,69 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import itertools
 import logging
 import random
 import secrets
 import ssl as ssl_module
 import string
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, Literal, TypeAlias
-from urllib.parse import urlsplit
+from typing import Any, Final, TypeAlias
 
 import aiohttp
 
 from livepush.client.backoff import Backoff
+from livepush.client.channels import Channels
+from livepush.client.collab import Rooms, output_url
 from livepush.client.errors import (
     ClientClosed,
     ClientError,
-    CommandError,
     CommandTimeout,
     ConnectionFailed,
-    ConnectionLost,
     ConnectionRefused,
     OutputFetchError,
-    QueueFull,
 )
-from livepush.client.outputs import (
-    DEFAULT_MAX_OUTPUT_BYTES,
-    OUTPUT_ABANDONED,
-    OUTPUT_DATA_TYPE,
-    OUTPUT_ERROR_TYPE,
-    Assembly,
-    OutputAssembler,
-    is_chunked_marker,
+from livepush.client.inbound import Inbound
+from livepush.client.listeners import Listeners
+from livepush.client.messages import (
+    ClientStats,
+    ConnectionState,
+    Message,
+    MessageCallback,
+    RecoveryCallback,
+    StateCallback,
+    StateChange,
+    Unsubscribe,
+    to_message,
 )
-from livepush.client.positions import (
-    ChannelTracker,
-    Position,
-    Verdict,
-    format_positions,
-    parse_positions,
-)
+from livepush.client.outputs import DEFAULT_MAX_OUTPUT_BYTES
+from livepush.client.positions import Position
+from livepush.client.queue import DEFAULT_IDEMPOTENT, CommandQueue, Outgoing
 from livepush.client.transports import (
-    ABNORMAL_CLOSURE,
     Connection,
     Dialer,
-    Frame,
     HandshakeFailed,
-    PostFailed,
     RequestFailed,
     SseConnection,
+    TransportMode,
     TransportName,
     http_base,
     push_url,
 )
+from livepush.protocol.errors import CloseCode
+from livepush.protocol.resume import format_positions
 
 log = logging.getLogger(__name__)
 
 #: A token, or a function (sync or async) that returns a fresh one; called on every connect.
 TokenSource: TypeAlias = str | Callable[[], str | Awaitable[str]]
-TransportMode: TypeAlias = Literal["auto", "websocket", "sse"]
 
-#: Commands that are safe to send twice: re-sent after a reconnect if their reply was lost.
-DEFAULT_IDEMPOTENT: Final = frozenset(
-    {
-        "subscribe",
-        "unsubscribe",
-        "ping",
-        "presence",
-        "executionSnapshot",
-        "workflowOpened",
-        "workflowClosed",
-        "presenceUpdate",
-    }
-)
 #: Close codes after which the client does not reconnect.
-NO_RECONNECT_CODES: Final = frozenset({4003, 4009})
+NO_RECONNECT_CODES: Final = frozenset({CloseCode.FORBIDDEN, CloseCode.REPLACED})
 #: HTTP statuses of a refused handshake that retrying cannot fix.
 PERMANENT_STATUSES: Final = frozenset({400, 401, 403, 409})
-#: Message types the server sends (never publications).
-SERVER_TYPES: Final = frozenset(
-    {
-        "reply",
-        "error",
-        "connected",
-        "unsubscribed",
-        "disconnect",
-        "tokenExpiring",
-        "channelReset",
-        "executionOutputChunk",
-    }
-)
-_RATE_LIMITED_CLOSE: Final = 4029
-#: Listener events waiting: the reader pauses at the high mark until the low one.
-_EVENTS_HIGH: Final = 10_000
-_EVENTS_LOW: Final = 1_000
 _PUSH_REF_ALPHABET: Final = string.ascii_lowercase + string.digits
-
-
-class ConnectionState(StrEnum):
-    """Where the client stands."""
-
-    #: Not started yet (before `connect()`).
-    IDLE = "idle"
-    #: A connection attempt is under way.
-    CONNECTING = "connecting"
-    #: Connected: the server's `connected` message arrived.
-    CONNECTED = "connected"
-    #: An established connection ended (`code`/`reason` say why); a reconnect follows.
-    DISCONNECTED = "disconnected"
-    #: Waiting `delay` seconds before the next attempt.
-    RECONNECTING = "reconnecting"
-    #: For good: `close()`, a permanent refusal, a 4009/4003 close, or `max_attempts`.
-    CLOSED = "closed"
-
-
-@dataclass(frozen=True, slots=True)
-class StateChange:
-    """A state transition, as given to `on_state` listeners.
-
-    - `reason`: human-readable cause (close reason, error, "closed by the client", ...);
-    - `code`: the WebSocket close code (or SSE `disconnect` code) that ended a connection,
-      1006 for a connection cut without one;
-    - `status`, `error_code`: the HTTP status and livepush error code of a refused handshake;
-    - `error`: the exception behind a failed attempt or a closed client;
-    - `attempt`: consecutive failed attempts so far; `delay`: seconds until the next attempt;
-    - `url`, `transport`: the server and transport concerned."""
-
-    state: ConnectionState
-    previous: ConnectionState
-    reason: str | None = None
-    code: int | None = None
-    status: int | None = None
-    error_code: str | None = None
-    error: BaseException | None = None
-    attempt: int = 0
-    delay: float | None = None
-    url: str | None = None
-    transport: TransportName | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """A message from the server, as given to `on` and `on_channel` listeners.
-
-    Publications have `channel`, and (unless ephemeral) `offset` and `epoch`; server messages
-    (`connected`, `tokenExpiring`, `channelReset`, ...) have only `type` and `data`. `raw` is
-    the whole decoded JSON object."""
-
-    type: str
-    data: Any
-    channel: str | None = None
-    offset: int | None = None
-    epoch: str | None = None
-    raw: Mapping[str, Any] = field(default_factory=dict)
-
-    @property
-    def position(self) -> Position | None:
-        """The publication's stream position (None for ephemeral and server messages)."""
-        if self.epoch is None or self.offset is None:
-            return None
-        return Position(self.epoch, self.offset)
-
-
-@dataclass(frozen=True, slots=True)
-class ClientStats:
-    """Counters since the client was created."""
-
-    #: Connections that reached `connected`.
-    connections: int
-    #: Publications handed to listeners.
-    delivered: int
-    #: Publications dropped because they were already delivered (replayed after a resume).
-    duplicates_dropped: int
-    #: Publications the server replayed after reconnects (`missed` of recovered channels).
-    recovered: int
-    #: Discontinuities reported to `on_recovery_failed` listeners.
-    recovery_failures: int
-    #: Commands sent again after a reconnect (idempotent, reply lost with the connection).
-    commands_resent: int
-    #: Chunked outputs reassembled and delivered as `nodeExecuteAfterData`.
-    outputs_reassembled: int = 0
-    #: `executionOutputError` events emitted (outputs refused, corrupt or abandoned).
-    output_errors: int = 0
-
-
-MessageCallback: TypeAlias = Callable[[Message], Any]
-StateCallback: TypeAlias = Callable[[StateChange], Any]
-RecoveryCallback: TypeAlias = Callable[[str, Position], Any]
-Unsubscribe: TypeAlias = Callable[[], None]
-
-
-@dataclass(eq=False, slots=True)
-class _Outgoing:
-    """A message waiting to be sent or for its reply."""
-
-    body: dict[str, Any]
-    future: asyncio.Future[dict[str, Any]] | None
-    idempotent: bool
-
-    @property
-    def id(self) -> int | None:
-        value = self.body.get("id")
-        return value if isinstance(value, int) else None
-
-    @property
-    def type(self) -> str:
-        return str(self.body["type"])
 
 
 @dataclass(slots=True)
@@ -331,41 +189,23 @@ class Client:
         self._token_source = token
         self._token: str | None = None
         self._push_ref = push_ref or random_push_ref()
-        self._mode: TransportMode = transport
-        self._chosen: dict[str, TransportName] = {}
-        self._websocket_worked: set[str] = set()
         self._backoff = Backoff(backoff_base, backoff_cap, rng)
         self._max_attempts = max_attempts
-        self._queue_size = command_queue_size
         self._command_timeout = command_timeout
         self._connect_timeout = connect_timeout
-        self._idempotent = frozenset(idempotent_commands)
         self._auto_refresh = auto_refresh
         self._dialer = Dialer(
-            headers=headers, ssl=ssl, heartbeat=heartbeat, max_message_size=max_message_size
+            mode=transport,
+            headers=headers,
+            ssl=ssl,
+            heartbeat=heartbeat,
+            max_message_size=max_message_size,
         )
 
         self._state = ConnectionState.IDLE
         self._url_index = 0
         self._failures = 0
-        self._ids = itertools.count(1)
-        self._queue: deque[_Outgoing] = deque()
-        self._queue_ready = asyncio.Event()
-        self._inflight: dict[int, _Outgoing] = {}
-        self._tracker = ChannelTracker()
-        self._subscribed: dict[str, None] = {}
-        for channel in channels:
-            self._subscribed[channel] = None
-            self._tracker.track(channel)
-        #: Channels the server subscribed the connection to (`executionStream`).
-        self._followed: dict[str, None] = {}
-        #: Collaboration rooms the client is in (workflow id -> its tab state), joined
-        #: again on every reconnect.
-        self._rooms: dict[str, dict[str, Any] | None] = {}
-        self._outputs: OutputAssembler[Callable[[], None]] = OutputAssembler(max_output_bytes)
-        self._released: deque[Callable[[], None] | Assembly] = deque()
-        self._releasing = False
-        self._own: tuple[str, ...] = ()
+        self._connections = 0
         self._user_id: str | None = None
         self._connection: Connection | None = None
         self._connected_once: asyncio.Future[None] | None = None
@@ -374,23 +214,20 @@ class Client:
         self._close_error: ClientError | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._dispatcher: asyncio.Task[None] | None = None
-        self._events: asyncio.Queue[tuple[str, tuple[Any, ...]] | None] = asyncio.Queue()
-        self._room = asyncio.Event()
-        self._room.set()
         self._tasks: set[asyncio.Task[Any]] = set()
 
-        self._listeners: dict[str, list[MessageCallback]] = {}
-        self._channel_listeners: dict[str, list[MessageCallback]] = {}
-        self._state_listeners: list[StateCallback] = []
-        self._recovery_listeners: list[RecoveryCallback] = []
-
-        self._connections = 0
-        self._delivered = 0
-        self._recovery_failures = 0
-        self._recovered = 0
-        self._resent = 0
-        self._outputs_reassembled = 0
-        self._output_errors = 0
+        self._channels = Channels(channels)
+        self._queue = CommandQueue(command_queue_size, idempotent_commands)
+        self._listeners = Listeners()
+        self._rooms = Rooms()
+        self._inbound = Inbound(
+            self._channels,
+            self._queue,
+            self._listeners,
+            max_output_bytes=max_output_bytes,
+            on_token=self._token_refreshed,
+            on_token_expiring=self._maybe_refresh,
+        )
 
     # -- properties ------------------------------------------------------------------------
 
@@ -423,19 +260,19 @@ class Client:
     def channels(self) -> list[str]:
         """The explicitly subscribed channels (the connection's own `push:`, `user:` and
         `system` channels are implied)."""
-        return list(self._subscribed)
+        return list(self._channels.subscribed)
 
     @property
     def followed(self) -> list[str]:
         """The channels the server subscribed the connection to by itself (`execution:`
         channels announced by `executionStream`), until their `unsubscribed`."""
-        return list(self._followed)
+        return list(self._channels.followed)
 
     @property
     def positions(self) -> dict[str, Position]:
         """The position of every channel a reconnect resumes from: the last delivered
         publication, or just before an output still being reassembled."""
-        return self._resume_positions()
+        return self._channels.resume_positions(self._inbound.outputs.pins())
 
     @property
     def sse_retry_ms(self) -> int | None:
@@ -447,15 +284,16 @@ class Client:
     @property
     def stats(self) -> ClientStats:
         """Counters since the client was created."""
+        inbound = self._inbound
         return ClientStats(
             connections=self._connections,
-            delivered=self._delivered,
-            duplicates_dropped=self._tracker.duplicates,
-            recovered=self._recovered,
-            recovery_failures=self._recovery_failures,
-            commands_resent=self._resent,
-            outputs_reassembled=self._outputs_reassembled,
-            output_errors=self._output_errors,
+            delivered=inbound.delivered,
+            duplicates_dropped=self._channels.tracker.duplicates,
+            recovered=inbound.recovered,
+            recovery_failures=inbound.recovery_failures,
+            commands_resent=self._queue.resent,
+            outputs_reassembled=inbound.outputs_reassembled,
+            output_errors=inbound.output_errors,
         )
 
     @property
@@ -494,7 +332,7 @@ class Client:
             loop = asyncio.get_running_loop()
             self._connected_once = loop.create_future()
             self._connected_once.add_done_callback(_retrieve)
-            self._dispatcher = loop.create_task(self._dispatch_loop(), name="livepush-dispatch")
+            self._dispatcher = loop.create_task(self._listeners.run(), name="livepush-dispatch")
             self._supervisor = loop.create_task(self._run(), name="livepush-client")
         assert self._connected_once is not None
         await asyncio.shield(self._connected_once)
@@ -552,24 +390,24 @@ class Client:
         de-duplication) and server messages (`connected`, `tokenExpiring`, `channelReset`,
         `unsubscribed`, `disconnect`, `error` without a command id). `"*"` matches every
         type. Returns a function that removes the listener."""
-        return _add(self._listeners.setdefault(message_type, []), callback)
+        return self._listeners.on(message_type, callback)
 
     def on_channel(self, channel: str, callback: MessageCallback) -> Unsubscribe:
         """Call `callback(message)` for every publication of `channel`, in offset order,
         each exactly once. Returns a function that removes the listener."""
-        return _add(self._channel_listeners.setdefault(channel, []), callback)
+        return self._listeners.on_channel(channel, callback)
 
     def on_state(self, callback: StateCallback) -> Unsubscribe:
         """Call `callback(change)` on every state transition (`StateChange`). Returns a
         function that removes the listener."""
-        return _add(self._state_listeners, callback)
+        return self._listeners.on_state(callback)
 
     def on_recovery_failed(self, callback: RecoveryCallback) -> Unsubscribe:
         """Call `callback(channel, position)` when a channel's continuity is lost: a resume
         answered `recovered: false`, the server sent `channelReset`, or a publication came
         with another epoch (or skipped offsets). The channel continues after `position`;
         refetch the state it describes. Returns a function that removes the listener."""
-        return _add(self._recovery_listeners, callback)
+        return self._listeners.on_recovery_failed(callback)
 
     # -- commands --------------------------------------------------------------------------
 
@@ -577,13 +415,8 @@ class Client:
         """Subscribe to a channel; returns the reply data (`channel`, `epoch`, `offset`,
         maybe `alreadySubscribed`). Raises `CommandError` (`forbidden`, `invalid_channel`,
         `too_many_subscriptions`, ...). The subscription is restored on every reconnect."""
-        self._tracker.track(channel)
-        try:
+        with self._channels.joining(channel):
             return await self.command("subscribe", channel=channel)
-        except BaseException:
-            if not self._kept(channel):
-                self._tracker.forget(channel)
-            raise
 
     async def unsubscribe(self, channel: str) -> dict[str, Any]:
         """Leave a channel; returns the reply data. A `not_subscribed` error is raised too,
@@ -611,27 +444,21 @@ class Client:
         fields: dict[str, Any] = {"workflowId": workflow_id}
         if state is not None:
             fields["state"] = dict(state)
-        self._tracker.track(f"workflow:{workflow_id}")
-        try:
+        with self._channels.joining(f"workflow:{workflow_id}"):
             reply = await self.command("workflowOpened", **fields)
-        except BaseException:
-            if not self._kept(f"workflow:{workflow_id}"):
-                self._tracker.forget(f"workflow:{workflow_id}")
-            raise
-        self._rooms[workflow_id] = None if state is None else dict(state)
+        self._rooms.opened(workflow_id, state)
         return reply
 
     async def close_workflow(self, workflow_id: str) -> None:
         """n8n's `workflowClosed`: leave the room (the tab's locks there go with it) and
         the workflow's channel."""
-        self._rooms.pop(workflow_id, None)
+        self._rooms.closed(workflow_id)
         await self.command("workflowClosed", workflowId=workflow_id)
 
     async def update_presence(self, workflow_id: str, state: Mapping[str, Any]) -> None:
         """Show the other collaborators this tab's state (selected node, panel, status)."""
         await self.command("presenceUpdate", workflowId=workflow_id, state=dict(state))
-        if workflow_id in self._rooms:
-            self._rooms[workflow_id] = dict(state)
+        self._rooms.presence(workflow_id, state)
 
     def send_ephemeral(self, workflow_id: str, kind: str, data: Any) -> None:
         """A cursor position, selection, viewport... (`kind`) for the room's other members;
@@ -682,14 +509,8 @@ class Client:
         client tracks it from `(epoch, offset)`, drops any publication of it at or before
         `offset` arriving afterwards (it is in the snapshot), and resumes it on reconnect like
         any subscription. Raises `CommandError` (`execution_not_found`, `forbidden`, ...)."""
-        channel = f"execution:{execution_id}"
-        self._tracker.track(channel)
-        try:
+        with self._channels.joining(f"execution:{execution_id}"):
             return await self.command("executionSnapshot", executionId=execution_id)
-        except BaseException:
-            if not self._kept(channel):
-                self._tracker.forget(channel)
-            raise
 
     async def fetch_output(self, output: Message | Mapping[str, Any] | str) -> Any:
         """Download a node output stored on the server and return its decoded JSON.
@@ -706,39 +527,15 @@ class Client:
         request failed on the network. Connecting may take `connect_timeout`; the transfer
         itself is not bounded (an output may be large): wrap the call in `asyncio.timeout`
         to bound it. `ValueError` if there is no url, or it is on another server."""
-        url = self._output_url(output)
+        connection = self._connection
+        push = connection.url if connection is not None else self.url
+        base = self._bases.get(push, next(iter(self._bases.values())))
+        url = output_url(output, base, list(self._bases.values()))
         token = self._token if self._token is not None else await self._token_value()
         try:
             return await self._dialer.get_json(url, token, self._connect_timeout)
         except RequestFailed as exc:
             raise OutputFetchError(str(exc), status=exc.status, code=exc.code, url=url) from exc
-
-    def _output_url(self, output: Message | Mapping[str, Any] | str) -> str:
-        if isinstance(output, Message):
-            output = output.data if isinstance(output.data, Mapping) else {}
-        if isinstance(output, Mapping):
-            if not isinstance(output.get("url"), str) and isinstance(output.get("data"), Mapping):
-                output = output["data"]  # a raw message
-            url = output.get("url") if isinstance(output, Mapping) else None
-            if not isinstance(url, str):
-                nested = output.get("output") if isinstance(output, Mapping) else None
-                url = nested.get("url") if isinstance(nested, Mapping) else None
-            if not isinstance(url, str):
-                raise ValueError("no output url in the given message")
-            output = url
-        connection = self._connection
-        push = connection.url if connection is not None else self.url
-        base = self._bases.get(push, next(iter(self._bases.values())))
-        parts = urlsplit(output)
-        if parts.scheme or parts.netloc:
-            absolute = output if parts.scheme else f"{urlsplit(base).scheme}:{output}"
-            origin = _origin(absolute)
-            if origin not in {_origin(b) for b in self._bases.values()}:
-                raise ValueError(
-                    f"refusing to send the token to {output}: not one of the client's servers"
-                )
-            return absolute
-        return f"{base}{output}" if output.startswith("/") else f"{base}/{output}"
 
     async def command(self, command_type: str, /, **fields: Any) -> dict[str, Any]:
         """Send a command with a fresh `id` and return its reply's `data`.
@@ -750,9 +547,8 @@ class Client:
         if command_type == "heartbeat":
             raise ValueError("heartbeat is never answered: use send()")
         loop = asyncio.get_running_loop()
-        body = {"type": command_type, "id": next(self._ids), **fields}
         future: asyncio.Future[dict[str, Any]] = loop.create_future()
-        item = _Outgoing(body, future, command_type in self._idempotent)
+        item = self._queue.command(command_type, fields, future)
         self._enqueue(item)
         try:
             async with asyncio.timeout(self._command_timeout):
@@ -762,76 +558,18 @@ class Client:
                 f"{command_type}: no reply within {self._command_timeout} s"
             ) from None
         finally:
-            self._discard(item)
+            self._queue.discard(item)
 
     def send(self, message_type: str, /, **fields: Any) -> None:
         """Send a message that gets no reply (e.g. n8n's `heartbeat`), in order with the
         commands. It waits in the queue while disconnected (`QueueFull` when full) and is
         dropped if the connection breaks before it is written."""
-        self._enqueue(_Outgoing({"type": message_type, **fields}, None, False))
+        self._enqueue(Outgoing({"type": message_type, **fields}, None, False))
 
-    # -- queue -----------------------------------------------------------------------------
-
-    def _enqueue(self, item: _Outgoing) -> None:
+    def _enqueue(self, item: Outgoing) -> None:
         if self._state is ConnectionState.CLOSED:
             raise self._closed_exception()
-        if self._state is not ConnectionState.CONNECTED and len(self._queue) >= self._queue_size:
-            raise QueueFull(
-                f"{len(self._queue)} commands already wait for the connection "
-                f"(command_queue_size={self._queue_size})"
-            )
-        self._queue.append(item)
-        self._queue_ready.set()
-
-    def _discard(self, item: _Outgoing) -> None:
-        """Forget a command that completed, timed out or was cancelled."""
-        item_id = item.id
-        if item_id is not None and self._inflight.get(item_id) is item:
-            del self._inflight[item_id]
-        with contextlib.suppress(ValueError):
-            self._queue.remove(item)
-
-    def _take_batch(self, limit: int) -> list[_Outgoing]:
-        batch: list[_Outgoing] = []
-        while self._queue and len(batch) < limit:
-            item = self._queue.popleft()
-            if item.future is not None and item.future.done():
-                continue
-            batch.append(item)
-        if not self._queue:
-            self._queue_ready.clear()
-        return batch
-
-    def _requeue_inflight(self) -> None:
-        """The connection is gone: idempotent commands in flight go back to the front of the
-        queue (in their order); the others fail with `ConnectionLost`."""
-        pending = list(self._inflight.values())
-        self._inflight.clear()
-        resend: list[_Outgoing] = []
-        for item in pending:
-            if item.future is None or item.future.done():
-                continue
-            if item.idempotent:
-                resend.append(item)
-            else:
-                item.future.set_exception(
-                    ConnectionLost(
-                        f"{item.type}: the connection dropped before its reply; not re-sent "
-                        "(not idempotent)"
-                    )
-                )
-        self._resent += len(resend)
-        self._queue.extendleft(reversed(resend))
-        if self._queue:
-            self._queue_ready.set()
-
-    def _fail_all(self, error: ClientError) -> None:
-        items = [*self._inflight.values(), *self._queue]
-        self._inflight.clear()
-        self._queue.clear()
-        for item in items:
-            if item.future is not None and not item.future.done():
-                item.future.set_exception(error)
+        self._queue.put(item, bounded=self._state is not ConnectionState.CONNECTED)
 
     # -- the supervisor --------------------------------------------------------------------
 
@@ -884,7 +622,7 @@ class Client:
             else:
                 ended = await self._serve(connection)
                 if ended.code in NO_RECONNECT_CODES and ended.connected:
-                    what = "replaced" if ended.code == 4009 else "forbidden"
+                    what = "replaced" if ended.code == CloseCode.REPLACED else "forbidden"
                     reason = ended.reason or what
                     refused = ConnectionRefused(
                         f"connection closed with {ended.code} ({reason}); not reconnecting",
@@ -933,7 +671,7 @@ class Client:
                             attempt=self._failures,
                         ),
                     )
-            elif ended is not None and ended.code == _RATE_LIMITED_CLOSE:
+            elif ended is not None and ended.code == CloseCode.RATE_LIMITED:
                 self._backoff.attempt = max(self._backoff.attempt, 4)
             delay = self._backoff.next_delay()
             self._set_state(
@@ -964,27 +702,13 @@ class Client:
 
     def _handshake_params(self) -> dict[str, str]:
         params = {"pushRef": self._push_ref}
-        channels = [*self._subscribed, *(c for c in self._followed if c not in self._subscribed)]
+        channels = self._channels.handshake()
         if channels:
             params["channels"] = ",".join(channels)
-        positions = self._resume_positions()
+        positions = self.positions
         if positions:
             params["lastEventId"] = format_positions(positions)
         return params
-
-    def _resumable(self) -> list[str]:
-        explicit = [c for c in self._subscribed if c not in self._own]
-        followed = [c for c in self._followed if c not in self._own and c not in self._subscribed]
-        return [*self._own, *explicit, *followed]
-
-    def _resume_positions(self) -> dict[str, Position]:
-        """Resume positions: the tracked ones, but never past an output still being
-        reassembled (a reconnect must get its marker and chunks again)."""
-        positions = self._tracker.known(self._resumable())
-        for channel, pin in self._outputs.pins().items():
-            if channel in positions:
-                positions[channel] = pin
-        return positions
 
     async def _open(self, url: str) -> Connection:
         """One attempt: WebSocket or SSE as configured (auto: WebSocket, then SSE for a URL
@@ -995,22 +719,8 @@ class Client:
             return await self._dial(url, self._handshake_params(), token)
 
     async def _dial(self, url: str, params: dict[str, str], token: str) -> Connection:
-        mode = self._mode if self._mode != "auto" else self._chosen.get(url, "websocket")
-        if mode == "sse":
-            connection: Connection = await self._dialer.open_sse(url, params, token)
-            return connection
-        try:
-            connection = await self._dialer.open_websocket(url, params, token)
-        except HandshakeFailed as exc:
-            if self._mode != "auto" or url in self._websocket_worked:
-                raise
-            log.info("livepush: WebSocket refused by %s (%s); trying SSE", url, exc)
-            connection = await self._dialer.open_sse(url, params, token)
-            self._chosen[url] = "sse"
-            return connection
-        self._websocket_worked.add(url)
-        self._chosen[url] = "websocket"
-        return connection
+        """Open one connection with the configured transport (the `Dialer` chooses)."""
+        return await self._dialer.open(url, params, token)
 
     async def _serve(self, connection: Connection) -> _Ended:
         """Run one connection until it ends."""
@@ -1029,95 +739,32 @@ class Client:
                 return _Ended(False, connection.close_code, str(error), error)
             self._on_connected(connection, message)
             connected = True
-            sender = asyncio.get_running_loop().create_task(self._send_loop(connection))
+            sender = asyncio.get_running_loop().create_task(
+                self._queue.send_loop(
+                    connection, self._command_timeout, self._inbound.handle_message
+                )
+            )
             while True:
                 frame = await connection.receive()
                 if frame is None:
                     break
-                await self._handle(connection, frame)
+                await self._inbound.handle(frame)
         except Exception as exc:
             if not _is_network_error(exc):
                 raise
             error = exc
-            connection.note_close(ABNORMAL_CLOSURE, repr(exc))
+            connection.note_close(CloseCode.ABNORMAL_CLOSURE, repr(exc))
         finally:
             self._connection = None
             self._connected_event.clear()
-            self._discard_outputs()
+            self._inbound.connection_ended()
             if sender is not None:
                 sender.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await sender
             await connection.close()
-            self._requeue_inflight()
+            self._queue.requeue_inflight()
         return _Ended(connected, connection.close_code, connection.close_reason, error)
-
-    async def _send_loop(self, connection: Connection) -> None:
-        """Write queued messages in order while the connection lasts."""
-        while True:
-            await self._queue_ready.wait()
-            batch = self._take_batch(connection.max_batch)
-            if not batch:
-                continue
-            for item in batch:
-                if item.id is not None:
-                    self._inflight[item.id] = item
-            try:
-                if isinstance(connection, SseConnection):
-                    connection.post_timeout = self._command_timeout
-                    replies = await connection.send([item.body for item in batch])
-                    self._on_post_replies(batch, replies or [])
-                else:
-                    for index, item in enumerate(batch):
-                        if item.future is not None and item.future.done():
-                            continue  # timed out or cancelled meanwhile
-                        try:
-                            await connection.send([item.body])
-                        except BaseException:
-                            self._unsend(batch[index + 1 :])
-                            raise
-            except asyncio.CancelledError:
-                raise
-            except PostFailed as exc:
-                if exc.status in (400, 413) and exc.code is not None:
-                    # The whole request was refused (nothing ran): fail its commands.
-                    for item in batch:
-                        self._fail(item, CommandError(exc.code, exc.message, item.type))
-                    continue
-                connection.note_close(ABNORMAL_CLOSURE, f"command POST failed: {exc}")
-                await connection.close()
-                return
-            except Exception as exc:
-                connection.note_close(ABNORMAL_CLOSURE, f"send failed: {exc!r}")
-                await connection.close()
-                return
-
-    def _unsend(self, items: list[_Outgoing]) -> None:
-        """Items taken for sending but not written: back to the front of the queue."""
-        for item in items:
-            if item.id is not None:
-                self._inflight.pop(item.id, None)
-        self._queue.extendleft(reversed(items))
-        if self._queue:
-            self._queue_ready.set()
-
-    def _fail(self, item: _Outgoing, error: ClientError) -> None:
-        if item.id is not None:
-            self._inflight.pop(item.id, None)
-        if item.future is not None and not item.future.done():
-            item.future.set_exception(error)
-
-    def _on_post_replies(self, batch: list[_Outgoing], replies: list[dict[str, Any]]) -> None:
-        """Replies of an SSE POST, in order. The server answers an over-the-rate command with
-        an `error` without id: when every command of the batch had an id and there are as
-        many answers as commands, answers are matched by position."""
-        by_position = len(replies) == len(batch) and all(item.id is not None for item in batch)
-        for index, reply in enumerate(replies):
-            if reply.get("id") is None and by_position and reply.get("type") == "error":
-                reply = {**reply, "id": batch[index].id}
-            self._handle_message_sync(reply)
-
-    # -- incoming --------------------------------------------------------------------------
 
     def _on_connected(self, connection: Connection, message: dict[str, Any]) -> None:
         data = message.get("data")
@@ -1125,50 +772,11 @@ class Client:
             data = {}
         self._user_id = data.get("userId") if isinstance(data.get("userId"), str) else None
         push_ref = data.get("pushRef") if isinstance(data.get("pushRef"), str) else None
-        own = ["system"]
-        if push_ref:
-            own.insert(0, f"push:{push_ref}")
-        if self._user_id:
-            own.insert(1, f"user:{self._user_id}")
-        self._own = tuple(own)
-        for channel in self._own:
-            self._tracker.track(channel)
+        self._channels.set_own(push_ref, self._user_id)
         ping_interval = data.get("pingInterval")
         if isinstance(ping_interval, int | float) and ping_interval > 0:
             connection.set_idle_timeout(max(2.5 * float(ping_interval), 10.0))
-        failed: list[tuple[str, Position]] = []
-        entries = data.get("channels")
-        for entry in entries if isinstance(entries, list) else []:
-            if not isinstance(entry, dict) or not isinstance(entry.get("channel"), str):
-                continue
-            channel = entry["channel"]
-            if channel not in self._own and channel not in self._followed:
-                self._subscribed[channel] = None
-            self._tracker.track(channel)
-            position = _position_of(entry)
-            if position is None:
-                continue
-            recovered = entry.get("recovered")
-            if recovered is True and self._tracker.get(channel) is not None:
-                missed = entry.get("missed")
-                self._recovered += missed if isinstance(missed, int) else 0
-                continue  # the missed publications follow, after our position
-            self._tracker.set(channel, position)
-            if recovered is False:
-                failed.append((channel, position))
-        refused = data.get("refused")
-        for entry in refused if isinstance(refused, list) else []:
-            if isinstance(entry, dict) and isinstance(entry.get("channel"), str):
-                channel = entry["channel"]
-                log.warning(
-                    "livepush: subscription to %s refused at connect: %s %s",
-                    channel,
-                    entry.get("code"),
-                    entry.get("message"),
-                )
-                self._subscribed.pop(channel, None)
-                self._followed.pop(channel, None)
-                self._tracker.forget(channel)
+        failed = self._inbound.connected(data)
         self._connections += 1
         self._failures = 0
         self._backoff.reset()
@@ -1180,263 +788,20 @@ class Client:
         self._connected_event.set()
         if self._connected_once is not None and not self._connected_once.done():
             self._connected_once.set_result(None)
-        self._emit_message(_message(message))
+        self._listeners.message(to_message(message))
         for channel, position in failed:
-            self._recovery_failed(channel, position)
-        # rooms are presence, not history: join them again (the channel itself resumed)
-        for workflow_id, state in self._rooms.items():
-            room: dict[str, Any] = {"type": "workflowOpened", "workflowId": workflow_id}
-            if state is not None:
-                room["state"] = state
-            self._queue.appendleft(_Outgoing(room, None, False))
-        if self._queue:
-            self._queue_ready.set()
+            self._inbound.recovery_failed(channel, position)
+        # each room goes before what is queued, the last one first
+        rejoin = [Outgoing(room, None, False) for room in self._rooms.rejoin()]
+        self._queue.put_first(rejoin[::-1])
 
-    async def _handle(self, connection: Connection, frame: Frame) -> None:
-        if frame.mark is not None:
-            for channel, position in parse_positions(frame.mark).items():
-                if channel in self._tracker and self._tracker.get(channel) is None:
-                    self._tracker.set(channel, position)
-            return
-        if frame.message is not None:
-            self._handle_message_sync(frame.message)
-            # Back-pressure: do not read faster than the listeners consume.
-            if self._events.qsize() >= _EVENTS_HIGH:
-                self._room.clear()
-                await self._room.wait()
+    # -- the token -------------------------------------------------------------------------
 
-    def _handle_message_sync(self, message: dict[str, Any]) -> None:
-        message_type = message.get("type")
-        if not isinstance(message_type, str):
-            return
-        request_id = message.get("id")
-        if message_type in ("reply", "error") and request_id is not None:
-            self._on_answer(message_type, request_id, message.get("data"))
-            return
-        if message_type not in SERVER_TYPES and isinstance(message.get("channel"), str):
-            self._on_publication(message)
-            return
-        data = message.get("data")
-        if message_type == "executionOutputChunk":
-            chunk = data if isinstance(data, dict) else message
-            self._release(self._outputs.feed(chunk))
-            return  # pieces are not messages: the reassembled output is
-        if message_type == "channelReset" and isinstance(data, dict):
-            channel = data.get("channel")
-            position = _position_of(data)
-            if isinstance(channel, str) and position is not None:
-                self._abandon_outputs(channel, "the server reset the channel (channelReset)")
-                if channel in self._tracker:
-                    self._tracker.set(channel, position)
-                self._recovery_failed(channel, position)
-        elif message_type == "unsubscribed" and isinstance(data, dict):
-            channel = data.get("channel")
-            if isinstance(channel, str):
-                event = _message(message)
-
-                def end(channel: str = channel) -> None:
-                    self._forget_channel(channel)
-                    self._emit_message(event)
-
-                # after what the channel still holds (an output being reassembled)
-                self._in_channel(channel, end)
-                return
-        elif message_type == "tokenExpiring":
-            self._maybe_refresh()
-        elif message_type == "connected":
-            log.warning("livepush: unexpected second connected message")
-        self._emit_message(_message(message))
-
-    def _on_publication(self, message: dict[str, Any]) -> None:
-        channel: str = message["channel"]
-        offset = message.get("offset")
-        epoch = message.get("epoch")
-        if isinstance(offset, int) and isinstance(epoch, str):
-            if channel in self._tracker:
-                verdict = self._tracker.check(channel, epoch, offset)
-                if verdict is Verdict.DUPLICATE:
-                    return
-                if verdict is Verdict.DISCONTINUITY:
-                    lost = Position(epoch, offset - 1)
-                    self._in_channel(channel, lambda: self._recovery_failed(channel, lost))
-            elif self._outputs.is_open(channel, offset):
-                return  # an untracked channel's marker again: already being assembled
-        if message.get("type") == "executionStream":
-            self._follow(message.get("data"))
-        if isinstance(offset, int) and is_chunked_marker(message):
-            refused = self._outputs.begin(channel, offset, epoch, message)
-            if refused is not None:
-                failed = self._output_error(message, *refused)
-                self._in_channel(channel, lambda: self._deliver_output_error(failed))
-            return
-        event = _message(message)
-        self._in_channel(channel, lambda: self._deliver(event))
-
-    def _deliver(self, message: Message) -> None:
-        self._delivered += 1
-        self._emit_message(message)
-
-    def _deliver_output_error(self, message: Message) -> None:
-        self._output_errors += 1
-        log.warning("livepush: %s: %s", message.data["code"], message.data["message"])
-        self._emit_message(message)
-
-    def _in_channel(self, channel: str, action: Callable[[], None]) -> None:
-        """Run `action` now, or after the channel's outputs being reassembled."""
-        if self._outputs.holding(channel):
-            self._outputs.hold(channel, action)
-        else:
-            action()
-
-    def _release(self, items: Iterable[Callable[[], None] | Assembly]) -> None:
-        """Run, in order, what stopped waiting (finished outputs and held actions); an
-        action may release more (it is queued behind, so the order holds)."""
-        self._released.extend(items)
-        if self._releasing:
-            return
-        self._releasing = True
-        try:
-            while self._released:
-                item = self._released.popleft()
-                if isinstance(item, Assembly):
-                    self._finish_output(item)
-                else:
-                    item()
-        finally:
-            self._releasing = False
-
-    def _finish_output(self, assembly: Assembly) -> None:
-        if assembly.error is not None:
-            self._deliver_output_error(self._output_error(assembly.marker, *assembly.error))
-            return
-        self._outputs_reassembled += 1
-        marker = assembly.marker
-        raw = {
-            "type": OUTPUT_DATA_TYPE,
-            "data": assembly.data,
-            "channel": assembly.channel,
-            "offset": assembly.offset,
-            "epoch": assembly.epoch,
-            "marker": marker,
-        }
-        self._deliver(_message(raw))
-
-    def _output_error(self, marker: Mapping[str, Any], code: str, text: str) -> Message:
-        """The event that takes the place of an output that cannot be delivered."""
-        output = marker.get("data")
-        output = output if isinstance(output, Mapping) else {}
-        data: dict[str, Any] = {"code": code, "message": text, "output": dict(output)}
-        if isinstance(output.get("url"), str):
-            data["url"] = output["url"]
-        raw = {
-            "type": OUTPUT_ERROR_TYPE,
-            "data": data,
-            "channel": marker.get("channel"),
-            "offset": marker.get("offset"),
-            "epoch": marker.get("epoch"),
-            "marker": marker,
-        }
-        return _message(raw)
-
-    def _abandon_outputs(self, channel: str, why: str) -> None:
-        self._release(
-            self._outputs.abandon(channel, OUTPUT_ABANDONED, f"{channel}: output abandoned: {why}")
-        )
-
-    def _discard_outputs(self) -> None:
-        """The connection ended: half-assembled outputs and what waited behind them are
-        dropped, and their channels resume just before the marker (the server sends the
-        marker, its chunks and the rest again)."""
-        for channel, pin in self._outputs.discard().items():
-            if channel in self._tracker:
-                self._tracker.set(channel, pin)
-
-    def _follow(self, data: Any) -> None:
-        """`executionStream`: the server subscribed this connection to the execution's
-        channel, from its first event; track it and resume it like a subscription."""
-        if not isinstance(data, dict):
-            return
-        channel, epoch = data.get("channel"), data.get("epoch")
-        if not isinstance(channel, str) or channel in self._own:
-            return
-        if channel not in self._subscribed:
-            self._followed[channel] = None
-        self._tracker.track(channel)
-        if isinstance(epoch, str):
-            self._tracker.advance(channel, Position(epoch, 0))
-
-    def _on_answer(self, kind: str, request_id: Any, data: Any) -> None:
-        item = self._inflight.pop(request_id, None) if isinstance(request_id, int) else None
-        if item is None:
-            log.debug("livepush: answer for unknown or expired command %r", request_id)
-            return
-        data = data if isinstance(data, dict) else {}
-        if kind == "reply":
-            self._apply_reply(item, data)
-            if item.future is not None and not item.future.done():
-                item.future.set_result(data)
-            return
-        code = str(data.get("code", "unknown"))
-        self._apply_error(item, code)
-        if item.future is not None and not item.future.done():
-            item.future.set_exception(CommandError(code, str(data.get("message", "")), item.type))
-
-    def _apply_reply(self, item: _Outgoing, data: dict[str, Any]) -> None:
-        body = item.body
-        if item.type in ("subscribe", "workflowOpened"):
-            channel = data.get("channel")
-            if not isinstance(channel, str):
-                return
-            if channel not in self._own:
-                self._subscribed[channel] = None
-            self._tracker.track(channel)
-            position = _position_of(data)
-            if position is None or data.get("alreadySubscribed"):
-                return
-            if data.get("recovered") is False:
-                self._tracker.set(channel, position)
-                self._recovery_failed(channel, position)
-            elif data.get("recovered") is not True:
-                self._tracker.advance(channel, position)
-        elif item.type == "executionSnapshot":
-            channel = data.get("channel")
-            if not isinstance(channel, str):
-                return
-            if channel not in self._own:
-                self._subscribed[channel] = None
-                self._followed.pop(channel, None)
-            self._tracker.track(channel)
-            position = _position_of(data)
-            if position is not None:
-                # later publications at or before the snapshot's offset are in it: dropped
-                self._tracker.advance(channel, position)
-        elif item.type == "unsubscribe":
-            self._forget_channel(str(body.get("channel")))
-        elif item.type == "workflowClosed":
-            self._forget_channel(f"workflow:{body.get('workflowId')}")
-        elif item.type == "refresh" and isinstance(body.get("token"), str):
-            self._token = body["token"]
-            if isinstance(self._connection, SseConnection):
-                self._connection.token = body["token"]
-
-    def _apply_error(self, item: _Outgoing, code: str) -> None:
-        if item.type == "unsubscribe" and code == "not_subscribed":
-            self._forget_channel(str(item.body.get("channel")))
-        elif item.type == "subscribe":
-            channel = str(item.body.get("channel"))
-            if not self._kept(channel):
-                self._tracker.forget(channel)
-
-    def _kept(self, channel: str) -> bool:
-        """Whether the connection is in the channel (own, subscribed or followed)."""
-        return channel in self._subscribed or channel in self._followed or channel in self._own
-
-    def _forget_channel(self, channel: str) -> None:
-        self._subscribed.pop(channel, None)
-        self._followed.pop(channel, None)
-        if channel not in self._own:
-            self._tracker.forget(channel)
-            self._abandon_outputs(channel, "unsubscribed")
+    def _token_refreshed(self, token: str) -> None:
+        """A `refresh` was answered: the token is the connection's from now on."""
+        self._token = token
+        if isinstance(self._connection, SseConnection):
+            self._connection.token = token
 
     def _maybe_refresh(self) -> None:
         if not self._auto_refresh or isinstance(self._token_source, str):
@@ -1453,66 +818,27 @@ class Client:
 
         self._spawn(refresh())
 
-    # -- events ----------------------------------------------------------------------------
+    # -- state ---------------------------------------------------------------------------
 
     def _change(self, state: ConnectionState, **details: Any) -> StateChange:
         return StateChange(state=state, previous=self._state, **details)
 
     def _set_state(self, change: StateChange) -> None:
         self._state = change.state
-        self._events.put_nowait(("state", (change,)))
-
-    def _recovery_failed(self, channel: str, position: Position) -> None:
-        self._recovery_failures += 1
-        log.info("livepush: %s lost continuity; continuing after %s", channel, position)
-        self._events.put_nowait(("recovery", (channel, position)))
-
-    def _emit_message(self, message: Message) -> None:
-        self._events.put_nowait(("message", (message,)))
-
-    async def _dispatch_loop(self) -> None:
-        while True:
-            event = await self._events.get()
-            if self._events.qsize() <= _EVENTS_LOW:
-                self._room.set()
-            if event is None:
-                self._room.set()
-                return
-            kind, args = event
-            if kind == "state":
-                callbacks: list[Callable[..., Any]] = list(self._state_listeners)
-            elif kind == "recovery":
-                callbacks = list(self._recovery_listeners)
-            else:
-                message: Message = args[0]
-                callbacks = [
-                    *self._listeners.get(message.type, ()),
-                    *self._listeners.get("*", ()),
-                ]
-                if message.channel is not None and message.type not in SERVER_TYPES:
-                    callbacks.extend(self._channel_listeners.get(message.channel, ()))
-            for callback in callbacks:
-                try:
-                    result = callback(*args)
-                    if inspect.isawaitable(result):
-                        await result
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("livepush: listener %r failed", callback)
+        self._listeners.state(change)
 
     def _shut(self, error: ClientError, change: StateChange) -> None:
         """Close for good: fail what waits, tell the listeners, stop the dispatcher."""
         if self._state is ConnectionState.CLOSED:
             return
         self._close_error = error
-        self._fail_all(self._closed_exception())
+        self._queue.fail_all(self._closed_exception())
         self._set_state(change)
         self._connected_event.clear()
         self._closed_event.set()
         if self._connected_once is not None and not self._connected_once.done():
             self._connected_once.set_exception(error)
-        self._events.put_nowait(None)
+        self._listeners.stop()
 
     async def _finish_tasks(self) -> None:
         current = asyncio.current_task()
@@ -1534,44 +860,6 @@ class Client:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-def _add(listeners: list[Any], callback: Any) -> Unsubscribe:
-    listeners.append(callback)
-
-    def remove() -> None:
-        with contextlib.suppress(ValueError):
-            listeners.remove(callback)
-
-    return remove
-
-
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    port = parts.port or {"http": 80, "https": 443}.get(scheme)
-    return (scheme, (parts.hostname or "").lower(), port)
-
-
-def _position_of(data: Mapping[str, Any]) -> Position | None:
-    epoch, offset = data.get("epoch"), data.get("offset")
-    if isinstance(epoch, str) and isinstance(offset, int) and not isinstance(offset, bool):
-        return Position(epoch, offset)
-    return None
-
-
-def _message(raw: dict[str, Any]) -> Message:
-    channel = raw.get("channel")
-    offset = raw.get("offset")
-    epoch = raw.get("epoch")
-    return Message(
-        type=str(raw.get("type")),
-        data=raw.get("data"),
-        channel=channel if isinstance(channel, str) else None,
-        offset=offset if isinstance(offset, int) else None,
-        epoch=epoch if isinstance(epoch, str) else None,
-        raw=raw,
-    )
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:

@@ -4,21 +4,22 @@ Every reliable publication carries `channel`, `epoch` and `offset` (docs/protoco
 an epoch offsets are consecutive. The tracker decides, for each publication, whether it is new
 (deliver it), a duplicate (drop it), or proof that continuity was lost (a new epoch, or a gap):
 then the channel continues from the new position and the listeners are told to resynchronise.
+
+The wire format of positions (`channel|epoch|offset`, the SSE id and `lastEventId`) is the
+protocol's: `livepush.protocol.resume`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from enum import Enum
-from typing import NamedTuple
 
+from livepush.protocol.envelope import StreamPosition
 
-class Position(NamedTuple):
-    """A place in a channel's stream: its epoch and the offset of the last publication seen
-    (0 before the first)."""
-
-    epoch: str
-    offset: int
+#: A place in a channel's stream: its epoch and the offset of the last publication seen (0
+#: before the first). The protocol's `StreamPosition`, under the name the client has always
+#: given it.
+Position = StreamPosition
 
 
 class Verdict(Enum):
@@ -30,21 +31,6 @@ class Verdict(Enum):
     DUPLICATE = "duplicate"
     #: Continuity was lost (another epoch, or offsets skipped): report, then deliver it.
     DISCONTINUITY = "discontinuity"
-
-
-def format_positions(positions: Mapping[str, Position]) -> str:
-    """Resume positions in the protocol's format: `channel|epoch|offset` joined by commas."""
-    return ",".join(f"{channel}|{epoch}|{offset}" for channel, (epoch, offset) in positions.items())
-
-
-def parse_positions(value: str) -> dict[str, Position]:
-    """Decode resume positions (an SSE `id:`); malformed entries are skipped."""
-    positions: dict[str, Position] = {}
-    for entry in value.split(","):
-        parts = entry.strip().split("|")
-        if len(parts) == 3 and parts[1] and parts[2].isascii() and parts[2].isdigit():
-            positions[parts[0]] = Position(parts[1], int(parts[2]))
-    return positions
 
 
 class ChannelTracker:

@@ -11,25 +11,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import ssl as ssl_module
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any, Final, Literal
+from typing import Any, Literal
 
 import aiohttp
 import msgspec
 
 from livepush.client.sse import SseParser
+from livepush.protocol.commands import MAX_COMMANDS_PER_POST
+from livepush.protocol.errors import CloseCode
 
 TransportName = Literal["websocket", "sse"]
+#: "auto": WebSocket, falling back to SSE for a URL whose WebSocket handshake is refused.
+TransportMode = Literal["auto", "websocket", "sse"]
 
-#: Most commands per SSE POST (the server's limit).
-MAX_COMMANDS_PER_POST: Final = 100
-#: WebSocket close code for "the connection dropped without a close frame".
-ABNORMAL_CLOSURE: Final = 1006
+log = logging.getLogger(__name__)
 
 _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.encode
@@ -161,6 +163,7 @@ class Dialer:
     def __init__(
         self,
         *,
+        mode: TransportMode = "auto",
         headers: Mapping[str, str] | None = None,
         ssl: ssl_module.SSLContext | bool = True,
         heartbeat: float | None = 30.0,
@@ -172,6 +175,9 @@ class Dialer:
         self._max_message_size = max_message_size
         self._refusal_body: bytes | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._mode: TransportMode = mode
+        self._chosen: dict[str, TransportName] = {}
+        self._websocket_worked: set[str] = set()
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -209,6 +215,27 @@ class Dialer:
 
     def _auth_headers(self, token: str) -> dict[str, str]:
         return {**self._headers, "Authorization": f"Bearer {token}"}
+
+    async def open(self, url: str, params: Mapping[str, str], token: str) -> Connection:
+        """Open a connection with the transport of `mode`; "auto": WebSocket, then SSE for a
+        URL whose WebSocket handshake is refused and that never had a WebSocket (the choice
+        is remembered per URL). Raises `HandshakeFailed`."""
+        mode = self._mode if self._mode != "auto" else self._chosen.get(url, "websocket")
+        if mode == "sse":
+            connection: Connection = await self.open_sse(url, params, token)
+            return connection
+        try:
+            connection = await self.open_websocket(url, params, token)
+        except HandshakeFailed as exc:
+            if self._mode != "auto" or url in self._websocket_worked:
+                raise
+            log.info("livepush: WebSocket refused by %s (%s); trying SSE", url, exc)
+            connection = await self.open_sse(url, params, token)
+            self._chosen[url] = "sse"
+            return connection
+        self._websocket_worked.add(url)
+        self._chosen[url] = "websocket"
+        return connection
 
     async def open_websocket(
         self, url: str, params: Mapping[str, str], token: str
@@ -325,7 +352,7 @@ class WebSocketConnection(Connection):
             try:
                 message = await self._ws.receive()
             except (aiohttp.ClientError, OSError) as exc:
-                self.note_close(ABNORMAL_CLOSURE, f"connection error: {exc!r}")
+                self.note_close(CloseCode.ABNORMAL_CLOSURE, f"connection error: {exc!r}")
                 return None
             if message.type is aiohttp.WSMsgType.TEXT:
                 try:
@@ -342,12 +369,14 @@ class WebSocketConnection(Connection):
             # CLOSE, CLOSING, CLOSED or ERROR: the connection is over.
             code = self._ws.close_code
             if message.type is aiohttp.WSMsgType.ERROR:
-                self.note_close(code or ABNORMAL_CLOSURE, f"connection error: {message.data!r}")
+                self.note_close(
+                    code or CloseCode.ABNORMAL_CLOSURE, f"connection error: {message.data!r}"
+                )
             elif message.type is aiohttp.WSMsgType.CLOSE:
                 reason = message.extra if isinstance(message.extra, str) else ""
                 self.note_close(code or message.data, reason)
             else:
-                self.note_close(code or ABNORMAL_CLOSURE, "connection closed")
+                self.note_close(code or CloseCode.ABNORMAL_CLOSURE, "connection closed")
             return None
 
     async def send(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
@@ -358,7 +387,7 @@ class WebSocketConnection(Connection):
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await self._ws.close()
-        self.note_close(self._ws.close_code or 1000, "closed by the client")
+        self.note_close(self._ws.close_code or CloseCode.NORMAL, "closed by the client")
 
 
 class SseConnection(Connection):
@@ -407,14 +436,16 @@ class SseConnection(Connection):
                 async with asyncio.timeout(self._idle_timeout):
                     chunk = await self._response.content.readany()
             except TimeoutError:
-                self.note_close(ABNORMAL_CLOSURE, "no data nor keep-alive within the idle timeout")
+                self.note_close(
+                    CloseCode.ABNORMAL_CLOSURE, "no data nor keep-alive within the idle timeout"
+                )
                 await self.close()
                 return None
             except (aiohttp.ClientError, OSError) as exc:
-                self.note_close(ABNORMAL_CLOSURE, f"stream error: {exc!r}")
+                self.note_close(CloseCode.ABNORMAL_CLOSURE, f"stream error: {exc!r}")
                 return None
             if not chunk:
-                self.note_close(ABNORMAL_CLOSURE, "stream ended")
+                self.note_close(CloseCode.ABNORMAL_CLOSURE, "stream ended")
                 return None
             for event in self._parser.feed(chunk):
                 if event.data is None:
@@ -446,4 +477,4 @@ class SseConnection(Connection):
         if not self._closed:
             self._closed = True
             self._response.close()
-        self.note_close(1000, "closed by the client")
+        self.note_close(CloseCode.NORMAL, "closed by the client")

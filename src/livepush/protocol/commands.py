@@ -16,6 +16,9 @@ import msgspec
 from livepush.protocol.decoding import JsonDecoder
 from livepush.protocol.errors import ErrorCode, ProtocolError
 
+#: Commands one SSE POST may carry (a larger batch is refused with `bad_request`).
+MAX_COMMANDS_PER_POST: Final = 100
+
 RequestId = int | Annotated[str, msgspec.Meta(max_length=64)]
 Offset = Annotated[int, msgspec.Meta(ge=0)]
 

@@ -20,8 +20,10 @@ from livepush.protocol.execution import validate_event
 
 _TYPE = re.compile(r"[A-Za-z][A-Za-z0-9_.:\-]{0,63}")
 
-#: Types the server itself emits; publishers may not use them, so clients can trust them.
-RESERVED_TYPES: Final = frozenset(
+#: Control messages: what the server sends that is never a publication (replies, errors, the
+#: connection's lifecycle, the pieces of a chunked output), whatever fields it carries. A client
+#: routes them itself; only other types can be a channel's messages.
+CONTROL_TYPES: Final = frozenset(
     {
         "reply",
         "error",
@@ -30,8 +32,15 @@ RESERVED_TYPES: Final = frozenset(
         "disconnect",
         "tokenExpiring",
         "channelReset",
+        "executionOutputChunk",
+    }
+)
+
+#: Types the server itself emits; publishers may not use them, so clients can trust them.
+RESERVED_TYPES: Final = CONTROL_TYPES | frozenset(
+    {
         # executions (livepush/execution): a connection follows an execution's stream; a
-        # large node output announced, and its pieces
+        # large node output announced (its pieces are the control `executionOutputChunk`)
         "executionStream",
         "executionOutput",
         # collaboration (livepush/collab): batched cursors and the like, the signal between
@@ -40,7 +49,6 @@ RESERVED_TYPES: Final = frozenset(
         "collabSignal",
         "nodeLocked",
         "nodeUnlocked",
-        "executionOutputChunk",
     }
 )
 

@@ -14,6 +14,7 @@ from aiohttp import hdrs, web
 
 from livepush.core.node import Node
 from livepush.engines.base import EngineUnavailable
+from livepush.protocol.commands import MAX_COMMANDS_PER_POST
 from livepush.protocol.decoding import decode
 from livepush.protocol.errors import CloseCode, ErrorCode, ProtocolError
 from livepush.requests import HandshakeSettings, authenticate, check_request_origin, query_params
@@ -29,9 +30,6 @@ from livepush.transports.websocket import (
 )
 
 log = logging.getLogger(__name__)
-
-#: Commands one SSE POST may carry.
-MAX_COMMANDS_PER_POST = 100
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

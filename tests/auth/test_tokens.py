@@ -521,3 +521,51 @@ def test_profile_read_from_claims(verifier: TokenVerifier) -> None:
     }
     n8n_style = verifier.verify(_hs256(_claims(firstName="Ada", given_name="ignored", email=7)))
     assert n8n_style.profile == {"firstName": "Ada"}
+
+
+# -- time claims are numbers, and the cache never outlives a token ----------------------------
+
+
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+@pytest.mark.parametrize("value", ["as string", True, None, [1], {"t": 1}])
+def test_time_claims_must_be_numbers(verifier: TokenVerifier, claim: str, value: Any) -> None:
+    now = int(time.time())
+    bad = str(now + 600) if value == "as string" else value
+    error = _token_error(verifier, _hs256(_claims(**{claim: bad})))
+    assert error.code is ErrorCode.TOKEN_INVALID
+    assert "NumericDate" in str(error) or claim in str(error)
+
+
+@pytest.mark.parametrize("value", ["Infinity", "NaN", "1e999"])
+def test_infinite_or_nan_times_are_refused(verifier: TokenVerifier, value: str) -> None:
+    header = _b64url(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    payload = _b64url(f'{{"sub":"alice","exp":{value}}}'.encode())
+    signature = hmac.new(SECRET.encode(), f"{header}.{payload}".encode(), hashlib.sha256)
+    token = f"{header}.{payload}.{_b64url(signature.digest())}"
+    assert _token_error(verifier, token).code is ErrorCode.TOKEN_INVALID
+
+
+def test_claims_nested_too_deeply_are_refused(verifier: TokenVerifier) -> None:
+    header = _b64url(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    nested = "[" * 100_000 + "]" * 100_000
+    payload = _b64url(f'{{"sub":"alice","exp":{int(time.time()) + 60},"x":{nested}}}'.encode())
+    signature = hmac.new(SECRET.encode(), f"{header}.{payload}".encode(), hashlib.sha256)
+    token = f"{header}.{payload}.{_b64url(signature.digest())}"
+    assert _token_error(verifier, token).code is ErrorCode.TOKEN_INVALID
+
+
+def test_a_cached_token_is_refused_once_it_expires() -> None:
+    verifier = TokenVerifier(secret=SECRET, leeway=0)
+    now = time.time()
+    token = _hs256(_claims(iat=int(now), exp=int(now) + 1))
+    identity = verifier.verify(token)
+    assert identity.expires_at == int(now) + 1
+    assert verifier.verify(token) is identity  # from the cache
+    time.sleep(max(0.0, identity.expires_at - time.time()) + 0.05)
+    assert _token_error(verifier, token).code is ErrorCode.TOKEN_EXPIRED
+
+
+def test_token_issued_in_the_future_is_refused(verifier: TokenVerifier) -> None:
+    now = int(time.time())
+    error = _token_error(verifier, _hs256(_claims(iat=now + 300, exp=now + 900)))
+    assert error.code is ErrorCode.TOKEN_INVALID

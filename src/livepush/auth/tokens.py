@@ -8,6 +8,7 @@ public key or JWKS and nothing else. A PEM key is therefore never usable as an H
 
 from __future__ import annotations
 
+import math
 import time
 import weakref
 from collections import OrderedDict
@@ -183,7 +184,7 @@ class TokenVerifier:
     def _verify(self, token: str) -> Identity:
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.InvalidTokenError as exc:
+        except (jwt.InvalidTokenError, RecursionError) as exc:
             raise AuthError(ErrorCode.TOKEN_INVALID, f"malformed token: {exc}") from exc
         algorithm = header.get("alg")
         key = self._key_for(algorithm, header.get("kid"))
@@ -195,12 +196,34 @@ class TokenVerifier:
                 audience=self._audience,
                 issuer=self._issuer,
                 leeway=self._leeway,
-                options={"require": self._required, "verify_aud": self._audience is not None},
+                # the time claims are checked below, strictly (PyJWT would coerce "123" and
+                # true to numbers)
+                options={
+                    "require": self._required,
+                    "verify_aud": self._audience is not None,
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                },
             )
-        except jwt.ExpiredSignatureError as exc:
-            raise AuthError(ErrorCode.TOKEN_EXPIRED, "token has expired") from exc
         except jwt.InvalidTokenError as exc:
             raise AuthError(ErrorCode.TOKEN_INVALID, f"invalid token: {exc}") from exc
+        except (RecursionError, OverflowError) as exc:  # nested too deeply; an infinite time
+            raise AuthError(ErrorCode.TOKEN_INVALID, "invalid token: malformed claims") from exc
+        for claim in TIME_CLAIMS:
+            if claim in claims and not is_numeric_date(claims[claim]):
+                # PyJWT coerces "1796393188" to a number when it checks it; livepush does not
+                # (a string `exp` used to give a connection that never expired)
+                raise AuthError(
+                    ErrorCode.TOKEN_INVALID,
+                    f"token claim {claim!r} must be a number (RFC 7519 NumericDate)",
+                )
+        now = time.time()
+        if "exp" in claims and now >= claims["exp"] + self._leeway:
+            raise AuthError(ErrorCode.TOKEN_EXPIRED, "token has expired")
+        for claim in ("nbf", "iat"):  # a token issued in the future is not valid yet either
+            if claim in claims and now + self._leeway < claims[claim]:
+                raise AuthError(ErrorCode.TOKEN_INVALID, f"invalid token: not valid yet ({claim})")
         user_id = claims.get(self._user_claim)
         if isinstance(user_id, int) and not isinstance(user_id, bool):
             user_id = str(user_id)
@@ -211,7 +234,7 @@ class TokenVerifier:
                 "(1-128 characters of A-Z a-z 0-9 _ . @ = + -)",
             )
         exp = claims.get("exp")
-        expires_at = float(exp) + self._leeway if isinstance(exp, int | float) else None
+        expires_at = float(exp) + self._leeway if exp is not None else None
         return Identity(str(user_id), expires_at, Grants.from_claims(claims), profile_of(claims))
 
     def _key_for(self, algorithm: object, kid: object) -> Any:
@@ -234,6 +257,16 @@ class TokenVerifier:
                 ErrorCode.TOKEN_INVALID, f"no configured key verifies {algorithm} tokens"
             )
         raise AuthError(ErrorCode.TOKEN_INVALID, f"token algorithm {algorithm!r} is not accepted")
+
+
+#: Claims that are times: RFC 7519 NumericDate, seconds since the epoch as a JSON number.
+TIME_CLAIMS: Final = ("exp", "nbf", "iat")
+
+
+def is_numeric_date(value: object) -> bool:
+    """A JSON number that is a time (not a string of digits, a boolean, NaN or infinity:
+    Python's json reads `NaN` and `Infinity`, and an infinite `exp` would never expire)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 #: Profile fields and the claims they are read from, in order of preference.

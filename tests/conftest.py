@@ -19,6 +19,7 @@ from livepush.auth.tokens import mint_token
 from livepush.config import load_config
 from livepush.core.node import Node
 from livepush.server.app import SERVICES, Services, create_app
+from livepush.server.runner import AppRunner
 
 SECRET = "test-secret-0123456789abcdef0123456789abcdef"
 API_KEY = "test-api-key-0123456789"
@@ -127,7 +128,7 @@ async def server_factory() -> AsyncIterator[ServerFactory]:
         }
         config = load_config(settings, environ={})
         app = create_app(config)
-        runner = web.AppRunner(app, handler_cancellation=handler_cancellation, access_log=None)
+        runner = AppRunner(app, handler_cancellation=handler_cancellation, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()

@@ -27,6 +27,7 @@ HTTP_STATUS = {
     ErrorCode.EXECUTION_NOT_FOUND: 404,
     ErrorCode.OUTPUT_NOT_FOUND: 404,
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.REQUEST_TOO_LARGE: 431,
     ErrorCode.NOT_ACCEPTABLE: 406,
 }
 

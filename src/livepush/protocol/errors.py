@@ -38,6 +38,7 @@ class ErrorCode(StrEnum):
     PUBLISH_DISABLED = "publish_disabled"
     BAD_REQUEST = "bad_request"
     PAYLOAD_TOO_LARGE = "payload_too_large"
+    REQUEST_TOO_LARGE = "request_too_large"
     SHUTTING_DOWN = "shutting_down"
     ENGINE_UNAVAILABLE = "engine_unavailable"
     EXECUTION_NOT_FOUND = "execution_not_found"

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from livepush.config import Config
 from livepush.server.app import SERVICES, create_app
+from livepush.server.runner import AppRunner
 
 log = logging.getLogger("livepush")
 
@@ -59,7 +60,7 @@ async def serve(
     """Serve until SIGTERM or SIGINT, then drain."""
     app = create_app(config)
     node = app[SERVICES].node
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5.0)
+    runner = AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, backlog=4096, reuse_port=reuse_port)
     await site.start()

@@ -83,6 +83,13 @@ class Config:
     max_publish_bytes: int = _opt(16 * 1024 * 1024, "largest publish API request body")
     max_subscriptions: int = _opt(128, "channels one connection may subscribe to")
     max_connections_per_user: int = _opt(100, "connections one user may hold on a node")
+    max_connections: int = _opt(
+        100_000, "connections (push and CRDT) one node accepts; 0: no cap (503 server_full)"
+    )
+    handshake_rate: float = _opt(
+        50.0, "connection attempts per second per client address; 0: no limit (429)"
+    )
+    handshake_burst: float = _opt(200.0, "connection attempt burst per client address")
     rate_limit: float = _opt(50.0, "client messages per second per connection")
     rate_burst: float = _opt(100.0, "client message burst per connection")
     ephemeral_rate: float = _opt(

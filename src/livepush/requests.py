@@ -31,6 +31,24 @@ def check_request_origin(request: web.Request, settings: HandshakeSettings) -> N
         raise ProtocolError(ErrorCode.ORIGIN_NOT_ALLOWED, decision.message)
 
 
+def client_address(request: web.Request, trust_proxy: bool) -> str:
+    """The client's address: the peer's, or behind a trusted proxy the one that proxy put last
+    in `Forwarded` (`for=`) or `X-Forwarded-For` (entries before it are the client's word)."""
+    if trust_proxy:
+        forwarded = request.headers.get("Forwarded")
+        if forwarded:
+            for part in forwarded.split(",")[-1].split(";"):
+                key, _, value = part.strip().partition("=")
+                if key.lower() == "for" and value:
+                    return value.strip('"')
+        chain = request.headers.get("X-Forwarded-For")
+        if chain:
+            last = chain.split(",")[-1].strip()
+            if last:
+                return last
+    return request.remote or ""
+
+
 def query_params(request: web.Request) -> dict[str, str]:
     """The query parameters, parsed into a plain dict that is dropped after the handshake.
 

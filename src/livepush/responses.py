@@ -5,10 +5,11 @@ and the transports (`transports/`).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import msgspec
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from livepush.protocol.errors import ErrorCode, ProtocolError
 
@@ -21,6 +22,8 @@ HTTP_STATUS = {
     ErrorCode.FORBIDDEN: 403,
     ErrorCode.PUSH_REF_IN_USE: 409,
     ErrorCode.TOO_MANY_CONNECTIONS: 429,
+    ErrorCode.TOO_MANY_HANDSHAKES: 429,
+    ErrorCode.SERVER_FULL: 503,
     ErrorCode.SHUTTING_DOWN: 503,
     ErrorCode.ENGINE_UNAVAILABLE: 503,
     ErrorCode.SESSION_NOT_FOUND: 404,
@@ -48,5 +51,8 @@ def json_response(body: Any, status: int = 200) -> web.Response:
 
 
 def error_response(exc: ProtocolError) -> web.Response:
-    """The HTTP error for a refused request."""
-    return json_error(HTTP_STATUS.get(exc.code, 400), exc.code, exc.message)
+    """The HTTP error for a refused request (with `Retry-After` when the error knows when)."""
+    response = json_error(HTTP_STATUS.get(exc.code, 400), exc.code, exc.message)
+    if exc.retry_after is not None:
+        response.headers[hdrs.RETRY_AFTER] = str(max(1, math.ceil(exc.retry_after)))
+    return response

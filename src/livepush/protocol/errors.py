@@ -39,6 +39,8 @@ class ErrorCode(StrEnum):
     BAD_REQUEST = "bad_request"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     REQUEST_TOO_LARGE = "request_too_large"
+    TOO_MANY_HANDSHAKES = "too_many_handshakes"
+    SERVER_FULL = "server_full"
     SHUTTING_DOWN = "shutting_down"
     ENGINE_UNAVAILABLE = "engine_unavailable"
     EXECUTION_NOT_FOUND = "execution_not_found"
@@ -76,7 +78,9 @@ class CloseCode(IntEnum):
 class ProtocolError(Exception):
     """An error the client caused; reported to that client with a stable code."""
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        #: Seconds after which trying again may succeed (HTTP `Retry-After`), if known.
+        self.retry_after = retry_after

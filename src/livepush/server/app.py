@@ -32,6 +32,7 @@ from livepush.http.executions import add_execution_routes
 from livepush.http.operations import add_operation_routes
 from livepush.http.publish import PublishHandler
 from livepush.requests import HandshakeSettings
+from livepush.transports.admission import Admission, AdmissionSettings
 from livepush.transports.crdt import CrdtEndpoint, add_crdt_routes
 from livepush.transports.push import commands_endpoint, push_endpoint
 from livepush.transports.websocket import close_all
@@ -183,11 +184,23 @@ def create_app(config: Config, services: Services | None = None) -> web.Applicat
         tuple(config.allowed_origins), config.trust_proxy, config.auth_cookie
     )
     prefix = config.rest_prefix
+    crdt = CrdtEndpoint(services.documents, handshake)
+    # one cap and one handshake rate for both endpoints
+    crdt.admission = admission = Admission(
+        AdmissionSettings(
+            max_connections=config.max_connections,
+            handshake_rate=config.handshake_rate,
+            handshake_burst=config.handshake_burst,
+            trust_proxy=config.trust_proxy,
+        ),
+        lambda: len(node.hub) + len(crdt.connections),
+    )
     app.router.add_get(
         f"{prefix}/push",
         push_endpoint(
             node,
             handshake,
+            admission,
             max_message_bytes=config.max_message_bytes,
             sse_retry_ms=config.sse_retry_ms,
         ),
@@ -196,7 +209,7 @@ def create_app(config: Config, services: Services | None = None) -> web.Applicat
         f"{prefix}/push",
         commands_endpoint(node, handshake, max_message_bytes=config.max_message_bytes),
     )
-    add_crdt_routes(app, CrdtEndpoint(services.documents, handshake), prefix)
+    add_crdt_routes(app, crdt, prefix)
     app.router.add_post(
         "/api/v1/publish", PublishHandler(node, config.api_key, config.max_publish_bytes).handle
     )

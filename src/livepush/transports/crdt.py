@@ -32,6 +32,7 @@ from livepush.protocol.crdt import Dialect, MalformedMessage
 from livepush.protocol.errors import CloseCode, ErrorCode, ProtocolError
 from livepush.requests import HandshakeSettings, authenticate, check_request_origin, query_params
 from livepush.responses import json_error
+from livepush.transports.admission import Admission
 from livepush.transports.websocket import check_upgrade, refusal
 
 log = logging.getLogger(__name__)
@@ -143,8 +144,15 @@ class CrdtConnection:
 class CrdtEndpoint:
     """`GET {rest}/crdt/<docId>` and `GET {rest}/crdt?docId=<docId>` of one node."""
 
-    def __init__(self, documents: Documents, handshake: HandshakeSettings) -> None:
+    def __init__(
+        self,
+        documents: Documents,
+        handshake: HandshakeSettings,
+        admission: Admission | None = None,
+    ) -> None:
         self.documents = documents
+        #: The node's connection cap and handshake rate, shared with the push endpoint.
+        self.admission = admission
         self.node = documents.node
         self.metrics = documents.metrics
         self.handshake = handshake
@@ -167,6 +175,8 @@ class CrdtEndpoint:
             if self.settings.n8n_framing:
                 dialect = Dialect.N8N
         try:
+            if self.admission is not None:
+                self.admission.check(request)
             identity, can_write = await self._admit(request, query, doc_id)
             user = identity.user_id
             limit = self.node.settings.max_connections_per_user

@@ -19,6 +19,7 @@ from livepush.protocol.decoding import decode
 from livepush.protocol.errors import CloseCode, ErrorCode, ProtocolError
 from livepush.requests import HandshakeSettings, authenticate, check_request_origin, query_params
 from livepush.responses import error_response, json_error
+from livepush.transports.admission import Admission
 from livepush.transports.handshake import accept
 from livepush.transports.sse import serve_sse
 from livepush.transports.websocket import (
@@ -35,7 +36,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def push_endpoint(
-    node: Node, settings: HandshakeSettings, *, max_message_bytes: int, sse_retry_ms: int
+    node: Node,
+    settings: HandshakeSettings,
+    admission: Admission,
+    *,
+    max_message_bytes: int,
+    sse_retry_ms: int,
 ) -> Handler:
     """The handler of `GET {rest}/push`: WebSocket upgrades are served here (then handed to a
     `WebSocketConnection`), event streams by `transports/sse.py`, anything else gets a 406.
@@ -54,6 +60,7 @@ def push_endpoint(
                 "(Accept: text/event-stream) on this URL",
             )
         try:
+            admission.check(request)
             key = check_upgrade(request) if upgrade else ""
             handshake = await accept(request, node, settings)
         except ProtocolError as exc:

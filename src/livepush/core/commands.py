@@ -190,6 +190,10 @@ class Commands:
     async def _refresh(self, session: Session, command: Refresh, reply: Reply) -> None:
         identity = self._node.refresh(session, command.token)
         reply(control_message("reply", {"expiresAt": identity.expires_at}, command.id))
+        # the new token may grant less: what it no longer grants ends here
+        await self._node.subscriptions.reauthorize(
+            session, ErrorCode.FORBIDDEN.value, "the refreshed token does not grant this channel"
+        )
 
     async def _presence(self, session: Session, command: Presence, reply: Reply) -> None:
         if command.channel not in session.channels:

@@ -381,6 +381,36 @@ class Subscriptions:
             control_message("unsubscribed", {"channel": channel, "code": code, "message": message})
         )
 
+    async def reauthorize(self, session: Session, code: str, message: str) -> list[str]:
+        """Check every subscription of a session again (its identity changed, or access was
+        revoked) and end those it may no longer have, each told `unsubscribed` with `code`.
+        A check that cannot be made (the authorization callback is down) keeps the
+        subscription: it was allowed, and the next check decides. Returns the channels ended."""
+        ended: list[str] = []
+        for channel in list(session.channels):
+            if session.closed:
+                break
+            try:
+                await self.authorize(session, channel)
+                continue
+            except ProtocolError as exc:
+                if exc.code is not ErrorCode.FORBIDDEN:
+                    log.warning("re-authorizing %s for %r: %s", channel, session, exc.message)
+                    continue
+            try:
+                if not await self.unsubscribe(session, channel):
+                    continue
+            except Exception:
+                log.exception("ending %s for %r failed", channel, session)
+                continue
+            ended.append(channel)
+            session.send_control(
+                control_message(
+                    "unsubscribed", {"channel": channel, "code": code, "message": message}
+                )
+            )
+        return ended
+
     # -- continuity --------------------------------------------------------------------------
 
     def reset(self, channel: str, position: StreamPosition) -> None:

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from livepush.protocol.channels import KINDS, is_valid_user_id
 from livepush.protocol.errors import ErrorCode, ProtocolError
+from livepush.protocol.text import clean_name
 
 HMAC_ALGORITHMS: Final = frozenset({"HS256", "HS384", "HS512"})
 RSA_ALGORITHMS: Final = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
@@ -278,13 +279,14 @@ PROFILE_CLAIMS: Final = {
 
 
 def profile_of(claims: Mapping[str, Any]) -> dict[str, str]:
-    """The user's name and email from token claims (strings up to 256 characters)."""
+    """The user's name and email from token claims, cleaned as names others are shown
+    (`protocol/text.py`: no control or bidi override characters, at most 256 characters)."""
     profile: dict[str, str] = {}
     for name, sources in PROFILE_CLAIMS.items():
         for claim in sources:
             value = claims.get(claim)
-            if isinstance(value, str) and value:
-                profile[name] = value[:256]
+            if isinstance(value, str) and (cleaned := clean_name(value)):
+                profile[name] = cleaned
                 break
     return profile
 

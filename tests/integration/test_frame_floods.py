@@ -37,10 +37,15 @@ PING, CONTINUATION, TEXT = 0x9, 0x0, 0x1
 
 
 def client_frame(opcode: int, payload: bytes = b"", *, fin: bool = True) -> bytes:
-    """A masked client frame (payloads < 126 bytes)."""
+    """A masked client frame (payloads < 64 KiB)."""
     key = os.urandom(4)
     masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-    return bytes(((0x80 if fin else 0) | opcode, 0x80 | len(payload))) + key + masked
+    first = (0x80 if fin else 0) | opcode
+    if len(payload) < 126:
+        header = bytes((first, 0x80 | len(payload)))
+    else:
+        header = struct.pack("!BBH", first, 0x80 | 126, len(payload))
+    return header + key + masked
 
 
 def rss(pid: int) -> int:
@@ -201,6 +206,27 @@ async def test_message_of_endless_empty_fragments_is_cut_and_memory_stays_flat()
             sock.close()
     assert_flat(attack, before)
     assert code == CloseCode.MESSAGE_TOO_BIG
+
+
+async def test_deeply_nested_messages_without_reading_are_cut_and_memory_stays_flat() -> None:
+    """20 KB messages of 10,000 nested arrays, as fast as they go, never reading the errors
+    they earn: each is refused before it is decoded (`invalid_json`), the errors fill the
+    bounded queue or the rate runs out, and the connection is cut."""
+    nested = b'{"type":"ping","id":1,"x":' + b"[" * 10_000 + b"]" * 10_000 + b"}"
+    attack, code, before = await flood(client_frame(TEXT, nested) * 20)
+    assert_flat(attack, before)
+    assert code in (CloseCode.RATE_LIMITED, CloseCode.SLOW_CONSUMER)
+
+
+async def test_frames_after_a_close_without_reading_hold_nothing() -> None:
+    """The client closes, then keeps sending close frames and pings and never reads: the
+    server echoes the first close once and holds nothing for the rest."""
+    attack, code, before = await flood(
+        client_frame(0x8, b"\x03\xe8")
+        + (client_frame(0x8, b"\x03\xe8bye") + client_frame(PING)) * 300
+    )
+    assert_flat(attack, before)
+    assert code == 1000  # the echo of the client's own close
 
 
 @pytest.mark.parametrize("fragments", [2, 200])

@@ -367,8 +367,10 @@ class WebSocketConnection(asyncio.Protocol):
             if end - pos < header + length:
                 break
             start = pos + header
-            payload = unmask(view[start : start + length], view[start - 4 : start])
             pos = start + length
+            if self._state != _OPEN and opcode != _OP_CLOSE:
+                continue  # closing: only the client's close frame matters, nothing is unmasked
+            payload = unmask(view[start:pos], view[start - 4 : start])
             self._on_frame(opcode, final, payload)
             if self._state == _CLOSED:
                 return

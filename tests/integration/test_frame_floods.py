@@ -27,25 +27,12 @@ from livepush.protocol.errors import CloseCode
 from tests.conftest import API_KEY, SECRET
 from tests.integration.helpers import command, receive_json
 from tests.integration.process import ServerProcess, serve_process
+from tests.integration.test_websocket_frames import CLOSE, CONTINUATION, PING, TEXT, frame
 
 ENV = {"LIVEPUSH_JWT_SECRET": SECRET, "LIVEPUSH_API_KEY": API_KEY}
 ATTACK_SECONDS = 4.0
 #: How much the node may grow during an attack (the interpreter's own noise is a few MB).
 RSS_GROWTH_LIMIT = 40 * 1024 * 1024
-
-PING, CONTINUATION, TEXT = 0x9, 0x0, 0x1
-
-
-def client_frame(opcode: int, payload: bytes = b"", *, fin: bool = True) -> bytes:
-    """A masked client frame (payloads < 64 KiB)."""
-    key = os.urandom(4)
-    masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-    first = (0x80 if fin else 0) | opcode
-    if len(payload) < 126:
-        header = bytes((first, 0x80 | len(payload)))
-    else:
-        header = struct.pack("!BBH", first, 0x80 | 126, len(payload))
-    return header + key + masked
 
 
 def rss(pid: int) -> int:
@@ -184,15 +171,15 @@ def assert_flat(attack: Attack, before: int) -> None:
 
 
 async def test_ping_flood_without_reading_is_cut_and_memory_stays_flat() -> None:
-    pings = client_frame(PING, b"x" * 125) * 400
+    pings = frame(PING, b"x" * 125) * 400
     attack, code, before = await flood(pings)
     assert_flat(attack, before)
     assert code == CloseCode.RATE_LIMITED
 
 
 async def test_message_of_endless_empty_fragments_is_cut_and_memory_stays_flat() -> None:
-    opening = client_frame(TEXT, b'{"type":', fin=False)
-    empty = client_frame(CONTINUATION, fin=False)
+    opening = frame(TEXT, b'{"type":', fin=False)
+    empty = frame(CONTINUATION, b"", fin=False)
 
     async with serve_process(env=ENV) as server:
         await asyncio.sleep(0.5)
@@ -213,7 +200,7 @@ async def test_deeply_nested_messages_without_reading_are_cut_and_memory_stays_f
     they earn: each is refused before it is decoded (`invalid_json`), the errors fill the
     bounded queue or the rate runs out, and the connection is cut."""
     nested = b'{"type":"ping","id":1,"x":' + b"[" * 10_000 + b"]" * 10_000 + b"}"
-    attack, code, before = await flood(client_frame(TEXT, nested) * 20)
+    attack, code, before = await flood(frame(TEXT, nested) * 20)
     assert_flat(attack, before)
     assert code in (CloseCode.RATE_LIMITED, CloseCode.SLOW_CONSUMER)
 
@@ -222,8 +209,7 @@ async def test_frames_after_a_close_without_reading_hold_nothing() -> None:
     """The client closes, then keeps sending close frames and pings and never reads: the
     server echoes the first close once and holds nothing for the rest."""
     attack, code, before = await flood(
-        client_frame(0x8, b"\x03\xe8")
-        + (client_frame(0x8, b"\x03\xe8bye") + client_frame(PING)) * 300
+        frame(CLOSE, b"\x03\xe8") + (frame(CLOSE, b"\x03\xe8bye") + frame(PING, b"")) * 300
     )
     assert_flat(attack, before)
     assert code == 1000  # the echo of the client's own close
@@ -238,7 +224,7 @@ async def test_fragmented_messages_within_the_limit_still_work(fragments: int) -
     parts = [body[i : i + step] for i in range(0, len(body), step)]
     parts += [b""] * (fragments - len(parts))
     frames = b"".join(
-        client_frame(TEXT if i == 0 else CONTINUATION, part, fin=i == len(parts) - 1)
+        frame(TEXT if i == 0 else CONTINUATION, part, fin=i == len(parts) - 1)
         for i, part in enumerate(parts)
     )
     async with serve_process(env=ENV) as server:

@@ -94,3 +94,10 @@ def test_an_awareness_state_nested_too_deep_is_malformed() -> None:
         decode_awareness(encode_awareness([deep]))
     fine = AwarenessEntry(2, 1, '{"user":{"name":"[Ada]"}}')
     assert decode_awareness(encode_awareness([fine])) == [fine]
+
+
+def test_text_is_measured_like_bytes() -> None:
+    """WebSocket text messages arrive as str: counted without a copy, the same answer."""
+    assert not nesting_exceeds("[" * MAX_DEPTH + "]" * MAX_DEPTH)
+    assert nesting_exceeds("[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1))
+    assert not nesting_exceeds('["' + "[" * 1000 + '"]')

@@ -36,10 +36,14 @@ _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _ONE_KIND = bytes.maketrans(b"{}", b"[]")
 
 
-def nesting_exceeds(raw: bytes, limit: int = MAX_DEPTH) -> bool:
+def nesting_exceeds(raw: bytes | str, limit: int = MAX_DEPTH) -> bool:
     """Whether the JSON text nests objects and arrays deeper than `limit` (brackets inside
     strings do not count)."""
-    if raw.count(b"[") + raw.count(b"{") <= limit:
+    if isinstance(raw, str):  # a WebSocket text message: counted as it is, encoded if needed
+        if raw.count("[") + raw.count("{") <= limit:
+            return False
+        raw = raw.encode()
+    elif raw.count(b"[") + raw.count(b"{") <= limit:
         return False
     brackets = _STRING.sub(b"", raw).translate(_ONE_KIND, _NOT_BRACKETS)
     run = b"[" * (limit + 1)
@@ -76,10 +80,8 @@ class JsonDecoder(Generic[T]):
         """Decode `raw`; raises `msgspec.DecodeError` (malformed, or nested too deeply) or
         `msgspec.ValidationError` (wrong shape)."""
         limit = self.max_depth
-        if limit is not None:
-            data = raw.encode() if isinstance(raw, str) else raw
-            if nesting_exceeds(data, limit):
-                raise _too_deep(limit)
+        if limit is not None and nesting_exceeds(raw, limit):
+            raise _too_deep(limit)
         try:
             return self._decoder.decode(raw)
         except RecursionError:
